@@ -1,0 +1,1 @@
+"Flow matching for echoflow: `paths` (linear path, time samplers, loss), `solvers` (ODE samplers, guidance, diffusers conversion), `meanflow` (one-step MeanFlow), `toy` (2-D data, distances, a tiny MLP)."
