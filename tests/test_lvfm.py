@@ -1,0 +1,315 @@
+"""LVFM: masked conditioning, pad masks, both backbones, flow matching and MeanFlow training, generation, save/load."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from echoflow.core import load_preset, save_model
+from echoflow.flow.meanflow import meanflow_target
+from echoflow.lvfm import (LVFMObjective, SpaceTimeTransformer, SpatioTemporalUNet, area_ef, build_lvfm, frame_channel,
+                           generate, load_lvfm, masked_condition, nfe, sample_observed_mask, truncate_clips)
+from echoflow.train import fit
+
+torch.set_num_threads(1)
+
+
+def _perturb(model, scale=0.05, seed=0):
+    "Random non-zero weights (AdaLN-Zero makes a fresh model output exactly zero)."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters(): p.add_(scale * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def tiny(meanflow=False, max_frames=8, **kw):
+    return SpaceTimeTransformer(**({"latent_channels": 4, "sample_size": 8, "max_frames": max_frames, "patch_size": 2,
+                                    "hidden_size": 32, "depth": 2, "heads": 2, "meanflow": meanflow} | kw))
+
+
+def tiny_unet(meanflow=False, max_frames=8):
+    return SpatioTemporalUNet(latent_channels=4, sample_size=8, max_frames=max_frames, block_out_channels=(32, 64),
+                              heads=(1, 2), ef_dim=16, add_time_dim=16, meanflow=meanflow)
+
+
+def batch(B=2, T=8, n_real=(8, 5), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pad = torch.stack([torch.arange(T) >= n for n in n_real])
+    return {"latents": torch.randn(B, 4, T, 8, 8, generator=g), "pad_mask": pad, "ef": torch.tensor([35.0, 62.0])[:B]}
+
+
+# ---------------------------------------------------------------- conditioning
+
+def test_masked_condition_channels():
+    x = torch.randn(2, 4, 6, 8, 8)
+    obs = torch.zeros(2, 6, dtype=torch.bool); obs[0, 2] = True; obs[1, 5] = True
+    pad = torch.zeros(2, 6, dtype=torch.bool); pad[1, 4:] = True
+    c = masked_condition(x, obs, pad)
+    assert c.shape == (2, 6, 6, 8, 8)
+    torch.testing.assert_close(c[0, :4, 2], x[0, :, 2])
+    assert c[0, :4, [0, 1, 3, 4, 5]].abs().sum() == 0
+    assert c[1, 4].sum() == 0                       # the observed frame 5 is padding: not observed
+    assert c[1, 5, :, 0, 0].tolist() == [1, 1, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("bad", ["obs_shape", "pad_shape", "all_pad", "not_video"])
+def test_masked_condition_bad_input(bad):
+    x, obs, pad = torch.randn(2, 4, 6, 8, 8), torch.zeros(2, 6, dtype=torch.bool), torch.zeros(2, 6, dtype=torch.bool)
+    if bad == "obs_shape": obs = torch.zeros(2, 5, dtype=torch.bool)
+    if bad == "pad_shape": pad = torch.zeros(3, 6, dtype=torch.bool)
+    if bad == "all_pad": pad[1] = True
+    if bad == "not_video": x = x[:, :, 0]
+    with pytest.raises(ValueError): masked_condition(x, obs, pad)
+
+
+def test_sample_observed_mask_distribution():
+    pad = torch.zeros(3000, 10, dtype=torch.bool); pad[:, 7:] = True
+    m = sample_observed_mask(pad, p_none=0.2, p_single=0.5, generator=torch.Generator().manual_seed(0))
+    k = m.sum(1)
+    assert not (m & pad).any()
+    assert abs((k == 0).float().mean() - 0.2) < 0.03
+    assert (k == 1).float().mean() > 0.5                       # singles plus the k=1 draws of U{1..6}
+    assert k.max() <= 6                                        # never all 7 real frames
+    with pytest.raises(ValueError): sample_observed_mask(pad, p_none=0.6, p_single=0.6)
+
+
+def test_truncate_clips_keeps_min_frames():
+    pad = torch.zeros(400, 16, dtype=torch.bool)
+    out = truncate_clips(pad, p_short=1.0, min_frames=5, generator=torch.Generator().manual_seed(0))
+    n = (~out).sum(1)
+    assert n.min() >= 5 and n.max() <= 16 and len(n.unique()) > 6
+    assert torch.equal(out, out.cummax(1).values)              # padding stays a tail
+    with pytest.raises(ValueError): truncate_clips(pad, p_short=1.5)
+
+
+# ---------------------------------------------------------------- backbones
+
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
+@pytest.mark.parametrize("meanflow", [False, True])
+def test_forward_shapes(make, meanflow):
+    net = _perturb(make(meanflow=meanflow))
+    b = batch()
+    cond = masked_condition(b["latents"], torch.zeros(2, 8, dtype=torch.bool), b["pad_mask"])
+    out = net(torch.randn(2, 4, 8, 8, 8), torch.rand(2), cond, torch.tensor([0.3, 0.6]), interval=torch.rand(2))
+    assert out.shape == (2, 4, 8, 8, 8) and torch.isfinite(out).all()
+
+
+def test_transformer_starts_at_zero_velocity():
+    net = tiny()
+    cond = masked_condition(torch.randn(1, 4, 8, 8, 8), torch.zeros(1, 8, dtype=torch.bool))
+    assert net(torch.randn(1, 4, 8, 8, 8), torch.rand(1), cond, torch.tensor([0.5])).abs().max() == 0
+
+
+def test_transformer_ignores_padding_in_attention():
+    net = _perturb(tiny(max_frames=12))
+    x, x1 = torch.randn(1, 4, 12, 8, 8), torch.randn(1, 4, 12, 8, 8)
+    obs = torch.zeros(1, 12, dtype=torch.bool); obs[0, 0] = True
+    pad = torch.arange(12)[None] >= 7
+    t, ef = torch.rand(1), torch.tensor([0.5])
+    padded = net(x, t, masked_condition(x1, obs, pad), ef)
+    x_junk = x.clone(); x_junk[:, :, 7:] = 100.0
+    torch.testing.assert_close(net(x_junk, t, masked_condition(x1, obs, pad), ef)[:, :, :7], padded[:, :, :7])
+    torch.testing.assert_close(net(x[:, :, :7], t, masked_condition(x1[:, :, :7], obs[:, :7]), ef), padded[:, :, :7],
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_bad_sizes():
+    with pytest.raises(ValueError, match="divisible"): tiny(sample_size=7)
+    with pytest.raises(ValueError, match="divisible"): tiny(hidden_size=30, heads=4)
+    with pytest.raises(ValueError, match="multiples of 32"): SpatioTemporalUNet(block_out_channels=(16, 32), heads=(1, 1))
+
+
+def test_ef_changes_the_output_and_null_is_learned():
+    net = _perturb(tiny())
+    x, cond = torch.randn(2, 4, 8, 8, 8), masked_condition(torch.randn(2, 4, 8, 8, 8), torch.zeros(2, 8, dtype=torch.bool))
+    t = torch.rand(2)
+    a = net(x, t, cond, torch.tensor([0.2, 0.2])); b = net(x, t, cond, torch.tensor([0.8, 0.8]))
+    assert (a - b).abs().max() > 1e-3
+    null = torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(net(x, t, cond, torch.tensor([0.2, 0.2]), ef_null=null), net(x, t, cond, torch.tensor([0.8, 0.8]), ef_null=null))
+
+
+# ---------------------------------------------------------------- objectives
+
+@pytest.mark.parametrize("objective", ["flow", "meanflow"])
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
+def test_loss_ignores_padded_frames(objective, make):
+    net = _perturb(make(meanflow=objective == "meanflow"))
+    obj = LVFMObjective(objective, flow_ratio=0.5, adaptive_p=0.0, p_short=0.0)
+    def loss(b):
+        torch.manual_seed(0); return obj(net, b)[0].item()
+    base = loss(batch())
+    b = batch(); b["latents"][1, :, 5:] = 50.0                 # change only video 1's padded frames
+    assert loss(b) == pytest.approx(base, rel=1e-5, abs=1e-6)
+    b = batch(); b["latents"][1, :, 3] += 1.0                  # change one of its real frames
+    assert abs(loss(b) - base) > 1e-4
+
+
+def test_meanflow_jvp_runs_on_cpu_and_matches_finite_difference():
+    net = _perturb(tiny(meanflow=True)).double()
+    b = batch()
+    x_1 = b["latents"].double(); x_0 = torch.randn_like(x_1)
+    t, r = torch.tensor([0.2, 0.5], dtype=torch.float64), torch.tensor([0.7, 0.9], dtype=torch.float64)
+    z = (1 - t)[:, None, None, None, None] * x_0 + t[:, None, None, None, None] * x_1
+    cond = {"cond": masked_condition(x_1, torch.zeros(2, 8, dtype=torch.bool), b["pad_mask"]),
+            "ef": torch.tensor([0.3, 0.6], dtype=torch.float64), "ef_null": torch.zeros(2, dtype=torch.bool)}
+    def u_fn(z, r, t, cond, ef, ef_null): return net(z, t, cond, ef, interval=r - t, ef_null=ef_null)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH):
+        _, target_ad = meanflow_target(u_fn, z, r, t, x_1 - x_0, cond, jvp="autograd")
+    _, target_fd = meanflow_target(u_fn, z, r, t, x_1 - x_0, cond, jvp="finite_difference", fd_eps=1e-7)   # the time embedding has frequencies up to 1000
+    torch.testing.assert_close(target_ad, target_fd, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
+@pytest.mark.parametrize("jvp", ["autograd", "finite_difference"])
+def test_meanflow_step_trains_every_parameter(make, jvp):
+    net = _perturb(make(meanflow=True)).train()
+    loss, logs = LVFMObjective("meanflow", flow_ratio=0.0, jvp=jvp)(net, batch())
+    loss.backward()
+    assert torch.isfinite(loss) and np.isfinite(logs["mse_mean"])
+    missing = [n for n, p in net.named_parameters() if p.grad is None and "null" not in n]
+    assert not missing, missing
+
+
+def test_objective_bad_arguments():
+    with pytest.raises(ValueError, match="objective"): LVFMObjective("diffusion")
+    with pytest.raises(ValueError, match="ef_dropout"): LVFMObjective(ef_dropout=2.0)
+    with pytest.raises(ValueError, match="latents"): LVFMObjective()(tiny(), {"frames": torch.zeros(1)})
+    with pytest.raises(ValueError, match="pad_mask"): LVFMObjective()(tiny(), {"latents": torch.zeros(2, 4, 8, 8, 8), "pad_mask": torch.zeros(2, 7)})
+
+
+def test_ef_dropout_and_missing_ef_use_the_null():
+    obj = LVFMObjective(ef_dropout=0.0)
+    b = batch(); b["ef"] = torch.tensor([float("nan"), 50.0])
+    inputs = obj.inputs(b)
+    assert inputs["ef_null"].tolist() == [True, False] and torch.isfinite(inputs["ef"]).all()
+    assert LVFMObjective(ef_dropout=1.0).inputs(batch())["ef_null"].all()
+
+
+# ---------------------------------------------------------------- generation
+
+@pytest.mark.parametrize("meanflow", [False, True])
+def test_generation_is_repeatable_with_a_seed(meanflow):
+    net = _perturb(tiny(meanflow=meanflow))
+    anatomy = torch.randn(2, 4, 8, 8)
+    kw = dict(anatomy=anatomy, num_frames=6, steps=None if meanflow else 3)
+    a = generate(net, [30, 70], generator=torch.Generator().manual_seed(0), **kw)
+    b = generate(net, [30, 70], generator=torch.Generator().manual_seed(0), **kw)
+    c = generate(net, [30, 70], generator=torch.Generator().manual_seed(1), **kw)
+    assert a.shape == (2, 4, 6, 8, 8)
+    assert torch.equal(a, b) and (a - c).abs().max() > 1e-3
+
+
+def test_generation_modes_and_counterfactual():
+    net = _perturb(tiny(meanflow=True))
+    x = torch.randn(2, 4, 8, 8, 8)
+    obs = torch.zeros(2, 8, dtype=torch.bool); obs[:, [0, 4]] = True
+    g = lambda: torch.Generator().manual_seed(0)
+    rec = generate(net, [40, 40], observed=x, observed_mask=obs, generator=g())
+    cf = generate(net, [75, 75], observed=x, observed_mask=obs, generator=g())
+    free = generate(net, [40, 40], generator=g())
+    assert rec.shape == cf.shape == free.shape == (2, 4, 8, 8, 8)
+    assert (rec - cf).abs().max() > 1e-3 and (rec - free).abs().max() > 1e-3
+    guided = generate(net, [40, 40], observed=x, observed_mask=obs, generator=g(), cfg_scale=2.0)
+    assert (guided - rec).abs().max() > 1e-4
+
+
+def test_unet_generation_pads_to_max_frames():
+    net = _perturb(tiny_unet(meanflow=True, max_frames=8))
+    out = generate(net, [50], anatomy=torch.randn(1, 4, 8, 8), num_frames=5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 4, 5, 8, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(num_frames=9), "trained maximum"),
+    (dict(ef=120), "percentages"),
+    (dict(ef=[30, 40, 50], anatomy=torch.zeros(2, 4, 8, 8)), "1 or 2 values"),
+    (dict(anatomy=torch.zeros(2, 3, 8, 8)), "anatomy"),
+    (dict(anatomy=torch.zeros(1, 4, 8, 8), observed=torch.zeros(1, 4, 8, 8, 8)), "not both"),
+    (dict(observed=torch.zeros(1, 4, 8, 8, 8)), "observed_mask"),
+    (dict(observed=torch.zeros(1, 4, 8, 8, 8), observed_mask=torch.zeros(1, 7, dtype=torch.bool)), "observed_mask"),
+    (dict(steps=0), "steps"),
+    (dict(anatomy=torch.zeros(1, 4, 8, 8), anatomy_frame=8), "anatomy_frame"),
+])
+def test_generate_bad_input(kw, match):
+    kw = {"ef": 50} | kw
+    with pytest.raises(ValueError, match=match): generate(_perturb(tiny(meanflow=True)), **kw)
+
+
+def test_nfe_counts():
+    assert nfe(tiny(meanflow=True)) == 1
+    assert nfe(tiny(), steps=25, method="midpoint") == 50
+    assert nfe(tiny(), steps=10, method="euler", cfg_scale=2.0) == 20
+
+
+# ---------------------------------------------------------------- save / load, presets
+
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
+def test_save_load_round_trip(tmp_path, make):
+    net = _perturb(make(meanflow=True))
+    save_model(net, tmp_path/"m")
+    assert (tmp_path/"m"/"config.json").exists() and list((tmp_path/"m").glob("*.safetensors"))
+    back = load_lvfm(tmp_path/"m")
+    assert type(back) is type(net) and back.config.meanflow
+    kw = dict(anatomy=torch.randn(1, 4, 8, 8), num_frames=8)
+    torch.testing.assert_close(generate(back, 45, generator=torch.Generator().manual_seed(3), **kw),
+                               generate(net, 45, generator=torch.Generator().manual_seed(3), **kw))
+
+
+def test_load_lvfm_bad_folder(tmp_path):
+    with pytest.raises(FileNotFoundError): load_lvfm(tmp_path)
+    (tmp_path/"config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    with pytest.raises(ValueError, match="not an LVFM model"): load_lvfm(tmp_path)
+
+
+@pytest.mark.parametrize("backbone", ["transformer", "unet"])
+def test_build_from_smoke_preset(backbone):
+    L = load_preset("smoke")["lvfm"]
+    net = build_lvfm(L, latent_channels=4, sample_size=8, meanflow=True, backbone=backbone)
+    assert net.config.max_frames == L["frames"] and net.config.meanflow
+    with pytest.raises(ValueError, match="backbone"): build_lvfm(L, 4, 8, backbone="gan")
+
+
+# ---------------------------------------------------------------- EF by area
+
+def test_area_ef_known_ratios():
+    T = torch.arange(16)
+    ratio = torch.tensor([0.3, 0.6, 1.0])[:, None]
+    curves = 100 * (1 - (1 - ratio) * (0.5 - 0.5 * torch.cos(2 * torch.pi * T / 16)))
+    ef = area_ef(curves, smooth=1)
+    torch.testing.assert_close(ef, 100 * (1 - ratio[:, 0] ** 1.5))
+    with pytest.raises(ValueError): area_ef(curves[0])
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_trained_with_padded_short_clips_generates_8_16_32_frames():
+    "Train briefly on clips of 6 to 32 real frames (padded to 32); generate 8, 16 and 32 frames with both objectives."
+    g = torch.Generator().manual_seed(0)
+    T = torch.arange(32)
+    items = []
+    for i in range(16):                                        # a pulsing blob whose amplitude follows EF
+        ef = 20 + 4 * i
+        n = [6, 11, 20, 32][i % 4]
+        amp = ef / 100
+        v = torch.zeros(4, 32, 8, 8)
+        v[:, :, 2:6, 2:6] = (1 + amp * torch.sin(2 * torch.pi * T / 12))[None, :, None, None]
+        v = v + 0.1 * torch.randn(v.shape, generator=g)
+        v[:, n:] = 0
+        items.append({"latents": v, "pad_mask": T >= n, "ef": float(ef)})
+    loader = DataLoader(items, batch_size=4, shuffle=True)
+    for objective in ("flow", "meanflow"):
+        torch.manual_seed(0)
+        net = tiny(meanflow=objective == "meanflow", max_frames=32)
+        res = fit(net, LVFMObjective(objective, p_short=0.3), loader, steps=30, lr=2e-3, ema_decay=None, progress=False)
+        first, last = res.history[0]["loss"], res.history[-1]["loss"]
+        assert last < first, (objective, first, last)
+        model = res.model.eval()
+        for n in (8, 16, 32):
+            out = generate(model, [40, 70], anatomy=items[0]["latents"][:, 0][None].expand(2, -1, -1, -1), num_frames=n,
+                           steps=None if objective == "meanflow" else 4, generator=torch.Generator().manual_seed(n))
+            assert out.shape == (2, 4, n, 8, 8) and torch.isfinite(out).all()
+        with pytest.raises(ValueError, match="trained maximum"): generate(model, 50, num_frames=33)
