@@ -15,6 +15,7 @@ import torch
 
 from echoflow.core import load_preset
 from echoflow.losses import AVAELoss, PatchDiscriminator, discriminator_loss
+import echoflow.vae as vae_mod
 from echoflow.vae import build_vae, decode_video, encode_frames
 
 
@@ -58,17 +59,25 @@ def train_step(cfg, channels_last: bool):
 def encode_job(cfg, channels_last: bool, n: int = 64):
     "Encoding `n` frames (posterior mean), batches of the preset's latents.batch_size."
     size = cfg["data"]["size"]
-    vae = as_layout(build_vae(cfg).eval(), channels_last)
+    vae = build_vae(cfg).eval()
     frames = torch.randint(0, 256, (n, size, size), dtype=torch.uint8)
-    return lambda: encode_frames(vae, frames, cfg["latents"]["batch_size"])
+
+    def run():
+        vae_mod.CHANNELS_LAST = channels_last  # the layout encode_frames / decode_video use
+        encode_frames(vae, frames, cfg["latents"]["batch_size"])
+    return run
 
 
 def decode_job(cfg, channels_last: bool, frames: int = 32, batch_size: int = 32):
     "Decoding one video of `frames` latent frames, 64 px frames at the default preset."
-    vae = as_layout(build_vae(cfg).eval(), channels_last)
+    vae = build_vae(cfg).eval()
     c, h, w = vae.config.latent_channels, *(cfg["data"]["size"] // 2 ** (len(cfg["vae"]["block_out_channels"]) - 1),) * 2
     z = torch.randn(1, c, frames, h, w)
-    return lambda: decode_video(vae, z, batch_size=batch_size)
+
+    def run():
+        vae_mod.CHANNELS_LAST = channels_last
+        decode_video(vae, z, batch_size=batch_size)
+    return run
 
 
 def main():

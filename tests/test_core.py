@@ -16,12 +16,6 @@ from echoflow.core import (PRESET_DIR, EchoVideo, atomic_dir, atomic_write, ejec
                            tracings_from_mask, volume_from_tracings, write_video)
 
 
-def _preset_text(**replace):
-    text = (PRESET_DIR / "smoke.yaml").read_text()
-    for old, new in replace.items(): text = text.replace(old, new, 1)
-    return text
-
-
 # ---------------------------------------------------------------- presets
 def test_every_shipped_preset_validates():
     assert {"smoke", "default", "small", "paper"} <= set(preset_names())
@@ -30,15 +24,17 @@ def test_every_shipped_preset_validates():
 
 
 def test_preset_unknown_key_names_key_and_file(tmp_path):
-    p = tmp_path / "mine.yaml"
-    p.write_text(_preset_text(**{"lr: 0.001, kl_weight": "lr: 0.001, kl_wieght"}))
+    data = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    data["vae"]["kl_wieght"] = data["vae"].pop("kl_weight")
+    p = tmp_path / "mine.yaml"; p.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError) as e: load_preset(p)
     assert "vae.kl_wieght" in str(e.value) and "mine.yaml" in str(e.value)
 
 
 def test_preset_wrong_type_names_key_and_file(tmp_path):
-    p = tmp_path / "mine.yaml"
-    p.write_text(_preset_text(**{"batch_size: 16": "batch_size: sixteen"}))
+    data = yaml.safe_load((PRESET_DIR / "smoke.yaml").read_text())
+    data["vae"]["batch_size"] = "sixteen"
+    p = tmp_path / "mine.yaml"; p.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError) as e: load_preset(p)
     assert "vae.batch_size" in str(e.value) and "should be int" in str(e.value) and "mine.yaml" in str(e.value)
 

@@ -214,6 +214,21 @@ def test_decode_video_layouts_and_batches():
         decode_video(v, torch.randn(4, 8, 8))
 
 
+def test_channels_last_inference_matches_and_saves(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    v = build_vae(tiny_cfg())
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    monkeypatch.setattr(vae_mod, "CHANNELS_LAST", False)
+    plain = reconstruct(v, x)
+    assert v.decoder.conv_in.weight.is_contiguous()
+    monkeypatch.setattr(vae_mod, "CHANNELS_LAST", True)
+    fast = reconstruct(v, x)
+    assert v.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(plain, fast, atol=1e-5)
+    v.save_pretrained(tmp_path)  # a channels_last model still saves and reloads to the same outputs
+    assert torch.equal(reconstruct(AutoencoderKL.from_pretrained(tmp_path), x), fast)
+
+
 def test_standardise_roundtrip_and_bad_scaling():
     z = torch.randn(3, 4, 6, 5, 5)
     s = {"mean": torch.randn(4).tolist(), "std": (torch.rand(4) + 0.5).tolist()}
