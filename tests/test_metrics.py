@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from echoflow.metrics import (as_video_tensor, bootstrap_ci, c2st, ef_adherence, feature_stats, frechet_distance,
-                              frechet_from_stats, frechet_video_distance, nn_precision_recall, r2_score, regression_metrics,
-                              video_features)
+                              frechet_from_stats, frechet_subsets, frechet_video_distance, nn_precision_recall, r2_score,
+                              regression_metrics, video_features)
 
 
 # ---------------------------------------------------------------- regression metrics
@@ -124,6 +124,16 @@ def test_frechet_handles_rank_deficient_covariance():
 def test_frechet_bad_input(bad, message):
     a = np.random.default_rng(0).normal(size=(50, 3))
     with pytest.raises(ValueError, match=message): frechet_distance(*bad(a))
+
+
+def test_frechet_subsets_mean_spread_and_bias():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 3)), rng.normal(size=(400, 3)) + [1.0, 0, 0]
+    small, big = frechet_subsets(a, b, n=20, repeats=30), frechet_subsets(a, b, n=400, repeats=3)
+    assert big["sd"] < 1e-9 and big["mean"] == pytest.approx(frechet_distance(a, b))   # all rows: every subset is the full set
+    assert small["sd"] > 0.05 and small["mean"] > big["mean"]                            # small samples: noisy and biased upwards
+    assert frechet_subsets(a, b, n=20, seed=1) == frechet_subsets(a, b, n=20, seed=1)
+    with pytest.raises(ValueError, match="n must be an int in"): frechet_subsets(a, b, n=401)
 
 
 def test_frechet_from_stats_shape_mismatch():
