@@ -620,9 +620,12 @@ def audit(filter: PrivacyFilter, train_latents, heldout_latents, generated_laten
     if isinstance(train_latents, LatentFrames):  # does the nearest training patient name the copy's source?
         source = [train_latents.patient_ids[i] for i in train_latents.patient[src].tolist()]
         report["nearest_is_source"] = {k: float(np.mean([who[j] == p for j, p in zip(np.flatnonzero(tags == k), source)])) for k in kinds}
-    lo = min(float(v.min()) for v in sims.values() if len(v))
-    edges = np.linspace(min(lo, filter.threshold) - 1e-6, 1.0 + 1e-6, bins + 1)
-    report["histograms"] = {"edges": edges.tolist(), **{k: np.histogram(v.numpy(), edges)[0].tolist() for k, v in sims.items()}}
+    def histograms(keys):
+        lo = min([float(sims[k].min()) for k in keys if len(sims[k])] + [filter.threshold]) - 1e-3
+        edges = np.linspace(lo, 1.0 + 1e-6, bins + 1)
+        return {"edges": edges.tolist(), **{k: np.histogram(sims[k].numpy(), edges)[0].tolist() for k in keys}}
+    report["histograms"] = histograms(list(sims))   # every group on one scale
+    report["histograms_planted"] = histograms(kinds)  # the planted copies, on a scale that resolves them
     fig = plot_audit(report)
     if out_dir is not None:
         with atomic_write(Path(out_dir)/"audit.json") as f: json.dump(report, f, indent=1)
@@ -631,13 +634,14 @@ def audit(filter: PrivacyFilter, train_latents, heldout_latents, generated_laten
 
 def plot_audit(report: dict) -> Figure:
     "Histograms of the best similarity of held-out, generated and planted samples, with the threshold."
-    h = report["histograms"]; edges = np.array(h["edges"]); centres = (edges[1:] + edges[:-1]) / 2
     fig = Figure(figsize=(9, 3.2))
-    for ax, keys, title in zip(fig.subplots(1, 2), (["heldout", "generated"], report["perturbations"]),
-                               ("real held-out and generated", "planted copies of training anatomies")):
-        for k in keys:
+    panels = ((report["histograms"], ["generated", "heldout"], "real held-out and generated"),
+              (report["histograms_planted"], report["perturbations"], "planted copies of training anatomies"))
+    for ax, (h, keys, title) in zip(fig.subplots(1, 2), panels):
+        edges = np.array(h["edges"]); centres = (edges[1:] + edges[:-1]) / 2
+        for k, ls in zip(keys, ["-", "--", "-.", ":", "-", "--"]):
             if sum(h.get(k, [])):
-                c = np.array(h[k], float); ax.step(centres, c / c.sum(), where="mid", label=k)
+                c = np.array(h[k], float); ax.step(centres, c / c.sum(), where="mid", ls=ls, label=k)
         ax.axvline(report["threshold"], color="k", ls="--", lw=1, label=f"threshold {report['threshold']:.3f}")
         ax.set_title(title, fontsize=9); ax.set_xlabel("best similarity to a training patient", fontsize=8)
         ax.set_ylabel("share", fontsize=8); ax.legend(fontsize=7); ax.tick_params(labelsize=7)

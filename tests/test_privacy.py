@@ -321,6 +321,7 @@ def test_audit_reports_and_writes(reid_filter, splits, tmp_path):
     saved = json.loads((tmp_path/"audit.json").read_text())
     assert saved["planted_caught_by_type"] == rep["planted_caught_by_type"]
     assert sum(saved["histograms"]["exact"]) == 25 and sum(saved["histograms"]["heldout"]) == len(test)
+    assert all(sum(saved["histograms_planted"][k]) == 25 for k in PERTURBATIONS)
     assert (tmp_path/"audit.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="train_latents"):
         audit(reid_filter, torch.zeros(3, 4, 6, 6), test, test)
