@@ -327,8 +327,9 @@ def _as_ef(ef, B: int | None, device) -> Tensor:
 def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: Tensor | None = None,
              observed_mask: Tensor | None = None, num_frames: int | None = None, steps: int | None = None,
              method: str = "midpoint", cfg_scale: float = 1.0, anatomy_frame: int = 0,
-             generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-    "Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing."
+             generator: torch.Generator | None = None, noise: Tensor | None = None,
+             return_intermediates: bool = False):
+    "Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first."
     cfg = model.config
     meanflow, C, T_max = bool(cfg.meanflow), cfg.latent_channels, cfg.max_frames
     device = next(model.parameters()).device
@@ -373,12 +374,13 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
             if cfg_scale == 1: return u
             u_null = u_fn(z, r, t, torch.ones_like(ef_null))
             return u_null + cfg_scale * (u - u_null)
-        x = meanflow_sample(fn, x_0, steps=steps, cond={"ef_null": keep})
+        out = meanflow_sample(fn, x_0, steps=steps, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     else:
         def v_fn(z, t, ef_null): return model(z, t, cond, ef, ef_null=ef_null)
         fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": True}, cfg_scale)
-        x = sample_ode(fn, x_0, steps=steps, method=method, cond={"ef_null": keep})
-    return x[:, :, :T]
+        out = sample_ode(fn, x_0, steps=steps, method=method, cond={"ef_null": keep}, return_intermediates=return_intermediates)
+    if return_intermediates: return out[0][:, :, :T], out[1][:, :, :, :T]
+    return out[:, :, :T]
 
 # %% ../nbs/31_lvfm.ipynb #a4e50674
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

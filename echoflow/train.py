@@ -334,6 +334,7 @@ def fit(model: nn.Module, loss_fn: Callable, batches: Iterable, *, steps: int, l
     if ckpt is not None:
         start, history = _load_checkpoint(ckpt, acc, model, ema, opt, aux, aux_opt, stream)
         resumed_from = start
+        if history: t0 -= history[-1].get("seconds", 0.0)   # `seconds` counts training time across resumes
 
     window: dict[str, list] = {}
     bar = tqdm(total=steps, initial=min(start, steps), disable=not (progress and acc.is_main_process),

@@ -202,6 +202,18 @@ def test_generation_is_repeatable_with_a_seed(meanflow):
     assert torch.equal(a, b) and (a - c).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("make,meanflow", [(tiny, False), (tiny, True), (tiny_unet, False)])
+def test_generation_returns_its_trajectory(make, meanflow):
+    "The states at every step (for the flow stepper): noise first, the returned video last, cropped to the asked length."
+    net = _perturb(make(meanflow=meanflow))
+    kw = dict(anatomy=torch.randn(2, 4, 8, 8), num_frames=6, steps=3, generator=torch.Generator().manual_seed(0))
+    x, states = generate(net, [30, 70], return_intermediates=True, **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    assert states.shape == (4, 2, 4, 6, 8, 8)
+    assert torch.equal(states[-1], x) and torch.equal(x, generate(net, [30, 70], **kw))
+    assert (states[0] - states[-1]).abs().mean() > 1e-3
+
+
 def test_generation_modes_and_counterfactual():
     net = _perturb(tiny(meanflow=True))
     x = torch.randn(2, 4, 8, 8, 8)
