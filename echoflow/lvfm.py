@@ -27,12 +27,12 @@ from .flow.solvers import NFE_PER_STEP, sample_ode, with_guidance
 from .flow.meanflow import meanflow_loss, meanflow_sample
 
 # %% auto #0
-__all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'sample_observed_mask', 'truncate_clips', 'sinusoidal_embedding',
-           'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention', 'SpaceTimeBlock',
-           'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch', 'LVFMObjective',
-           'generate', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea', 'nfe',
-           'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch', 'fit_ef_meter',
-           'ef_adherence']
+__all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames', 'sample_observed_mask', 'truncate_clips',
+           'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
+           'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
+           'LVFMObjective', 'generate', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea',
+           'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch',
+           'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
 def frame_channel(mask: Tensor, like: Tensor) -> Tensor:
@@ -56,6 +56,13 @@ def masked_condition(observed: Tensor, observed_mask: Tensor, pad_mask: Tensor |
     seen = observed_mask.bool() & ~pad
     m = frame_channel(seen, observed)
     return torch.cat([observed * m, m, frame_channel(~pad, observed)], 1)
+
+def reference_frames(cond: Tensor) -> Tensor:
+    "The mean of the observed frames of a `masked_condition` (B, C + 2, T, h, w), repeated over time: (B, C, T, h, w); zero if none is observed."
+    C = cond.shape[1] - 2
+    seen = cond[:, C:C + 1]
+    ref = (cond[:, :C] * seen).sum(2, keepdim=True) / seen.sum(2, keepdim=True).clamp(min=1)
+    return ref.expand(-1, -1, cond.shape[2], -1, -1)
 
 # %% ../nbs/31_lvfm.ipynb #49a2b4da
 def sample_observed_mask(pad_mask: Tensor, p_none: float = 0.1, p_single: float = 0.6,
@@ -170,11 +177,12 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16, patch_size: int = 2,
-                 hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False):
+                 hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False,
+                 reference: bool = True):
         super().__init__()
         if sample_size % patch_size: raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
         C, p, D = latent_channels, patch_size, hidden_size
-        self.patch = nn.Linear((2 * C + 2) * p * p, D)
+        self.patch = nn.Linear(((3 if reference else 2) * C + 2) * p * p, D)
         self.t_embed, self.ef_embed = ScalarEmbedder(D), EFEmbedder(D)
         self.interval_embed = ScalarEmbedder(D) if meanflow else None
         self.blocks = nn.ModuleList([SpaceTimeBlock(D, heads, mlp_ratio) for _ in range(depth)])
@@ -192,7 +200,8 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
                              f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
         if H % p or W % p: raise ValueError(f"latent size {H}x{W} must be divisible by patch_size {p}")
         real = cond[:, -1, :, 0, 0] > 0.5
-        x = rearrange(torch.cat([x_t, cond], 1), "b c t (h p) (w q) -> b t (h w) (c p q)", p=p, q=p)
+        x = torch.cat([x_t, cond, reference_frames(cond)] if self.config.reference else [x_t, cond], 1)
+        x = rearrange(x, "b c t (h p) (w q) -> b t (h w) (c p q)", p=p, q=p)
         x = self.patch(x) + sincos_grid(H // p, W // p, D, x.device).to(x.dtype)
         x = x + sinusoidal_embedding(torch.arange(T, device=x.device), D, 1.0).to(x.dtype)[None, :, None]
         c = self.t_embed(t) + self.ef_embed(ef, ef_null)
@@ -211,13 +220,13 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16,
                  block_out_channels: tuple = (64, 128), layers_per_block: int = 1, heads: tuple = (2, 4),
-                 ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False):
+                 ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True):
         super().__init__()
         n, C = len(block_out_channels), latent_channels
         if any(c % 32 for c in block_out_channels): raise ValueError(f"block_out_channels {block_out_channels} must be multiples of 32 (diffusers' group norm)")
         if len(heads) != n: raise ValueError(f"heads {heads} must have one entry per block in block_out_channels {block_out_channels}")
         self.unet = UNetSpatioTemporalConditionModel(
-            sample_size=sample_size, in_channels=2 * C + 2, out_channels=C,
+            sample_size=sample_size, in_channels=(3 if reference else 2) * C + 2, out_channels=C,
             down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",),
             up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1),
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
@@ -228,7 +237,7 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, ef: Tensor, interval: Tensor | None = None,
                 ef_null: Tensor | None = None) -> Tensor:
         "Same arguments as `SpaceTimeTransformer.forward`."
-        x = torch.cat([x_t, cond], 1).transpose(1, 2)
+        x = torch.cat([x_t, cond, reference_frames(cond)] if self.config.reference else [x_t, cond], 1).transpose(1, 2)
         ehs = self.ef_embed(ef, ef_null)[:, None, :]
         ids = (torch.zeros_like(t) if interval is None or not self.config.meanflow else interval) * 1000
         out = self.unet(x, t * 1000, encoder_hidden_states=ehs, added_time_ids=ids[:, None], return_dict=False)[0]

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from echoflow.core import load_preset, save_model
 from echoflow.flow.meanflow import meanflow_target
 from echoflow.lvfm import (LVFMObjective, SpaceTimeTransformer, SpatioTemporalUNet, area_ef, build_lvfm, frame_channel,
-                           generate, load_lvfm, masked_condition, nfe, sample_observed_mask, truncate_clips)
+                           generate, load_lvfm, masked_condition, nfe, reference_frames, sample_observed_mask, truncate_clips)
 from echoflow.train import fit
 
 torch.set_num_threads(1)
@@ -28,9 +28,9 @@ def tiny(meanflow=False, max_frames=8, **kw):
                                     "hidden_size": 32, "depth": 2, "heads": 2, "meanflow": meanflow} | kw))
 
 
-def tiny_unet(meanflow=False, max_frames=8):
+def tiny_unet(meanflow=False, max_frames=8, **kw):
     return SpatioTemporalUNet(latent_channels=4, sample_size=8, max_frames=max_frames, block_out_channels=(32, 64),
-                              heads=(1, 2), ef_dim=16, add_time_dim=16, meanflow=meanflow)
+                              heads=(1, 2), ef_dim=16, add_time_dim=16, meanflow=meanflow, **kw)
 
 
 def batch(B=2, T=8, n_real=(8, 5), seed=1):
@@ -61,6 +61,26 @@ def test_masked_condition_bad_input(bad):
     if bad == "all_pad": pad[1] = True
     if bad == "not_video": x = x[:, :, 0]
     with pytest.raises(ValueError): masked_condition(x, obs, pad)
+
+
+def test_reference_frames_is_the_mean_of_the_observed_frames():
+    x = torch.randn(2, 4, 6, 8, 8)
+    obs = torch.zeros(2, 6, dtype=torch.bool); obs[0, [1, 4]] = True       # clip 1 observes nothing
+    ref = reference_frames(masked_condition(x, obs))
+    assert ref.shape == x.shape
+    assert torch.allclose(ref[0, :, 3], (x[0, :, 1] + x[0, :, 4]) / 2, atol=1e-6) and torch.equal(ref[0, :, 0], ref[0, :, 5])
+    assert ref[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("make", [lambda **k: tiny(**k), lambda **k: tiny_unet(**k)])
+def test_reference_channels_can_be_switched_off(make):
+    "reference=False is the EchoLVFM-only input (2C + 2 channels); both variants run and differ in their inputs."
+    x, t, ef = torch.randn(2, 4, 8, 8, 8), torch.rand(2), torch.tensor([0.3, 0.6])
+    obs = torch.zeros(2, 8, dtype=torch.bool); obs[:, 0] = True
+    cond = masked_condition(x, obs)
+    on, off = _perturb(make(reference=True)), _perturb(make(reference=False))
+    assert on(x, t, cond, ef).shape == off(x, t, cond, ef).shape == x.shape
+    assert sum(p.numel() for p in on.parameters()) > sum(p.numel() for p in off.parameters())
 
 
 def test_sample_observed_mask_distribution():
