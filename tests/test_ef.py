@@ -216,10 +216,10 @@ def test_regressor_learns_a_learnable_toy(tmp_path):
 
 @pytest.mark.slow
 def test_phantom_learnability():
-    "Issue 3's learnability check: the default-preset regressor, a few minutes on phantom videos, MAE < 6 on held-out patients."
+    "Issue 3's learnability check: the default-preset regressor, 800 steps (a few minutes) on phantom videos, MAE < 6 on held-out patients."
     pytest.importorskip("echoflow.phantom")
     from echoflow.ef import phantom_learnability
-    out = phantom_learnability("default", seed=0)
+    out = phantom_learnability("default", steps=800, seed=0)   # the preset's own budget (250 steps) is set by the 20-min demo
     print(f"phantom learnability: MAE {out['mae']:.2f} [{out['mae_lo']:.2f}, {out['mae_hi']:.2f}], R^2 {out['r2']:.2f}, "
           f"{out['n']} held-out videos, {out['steps']} steps in {out['train_seconds']:.0f} s")
     assert out["mae"] < 6
