@@ -72,7 +72,7 @@ def test_reference_frames_is_the_mean_of_the_observed_frames():
     assert ref[1].abs().max() == 0
 
 
-@pytest.mark.parametrize("make", [lambda **k: tiny(**k), lambda **k: tiny_unet(**k)])
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
 def test_reference_channels_can_be_switched_off(make):
     "reference=False is the EchoLVFM-only input (2C + 2 channels); both variants run and differ in their inputs."
     x, t, ef = torch.randn(2, 4, 8, 8, 8), torch.rand(2), torch.tensor([0.3, 0.6])
