@@ -30,8 +30,8 @@ from .flow.meanflow import meanflow_loss, meanflow_sample
 __all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames', 'sample_observed_mask', 'truncate_clips',
            'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
            'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
-           'LVFMObjective', 'generate', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea',
-           'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch',
+           'LVFMObjective', 'guidance_of', 'generate', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef',
+           'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch',
            'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
@@ -116,9 +116,9 @@ class ScalarEmbedder(nn.Module):
 
 class EFEmbedder(nn.Module):
     "EF/100 (B,) -> embedding (B, hidden); where `ef_null` is True a learned null embedding replaces it."
-    def __init__(self, hidden_size: int, freq_dim: int = 256):
+    def __init__(self, hidden_size: int, freq_dim: int = 256, scale: float = 10.0):
         super().__init__()
-        self.embed = ScalarEmbedder(hidden_size, freq_dim)
+        self.embed = ScalarEmbedder(hidden_size, freq_dim, scale)
         self.null = nn.Parameter(torch.zeros(hidden_size))
 
     def forward(self, ef: Tensor, ef_null: Tensor | None = None) -> Tensor:
@@ -178,12 +178,12 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16, patch_size: int = 2,
                  hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False,
-                 reference: bool = True):
+                 reference: bool = True, ef_scale: float = 10.0, guidance_scale: float = 1.0):
         super().__init__()
         if sample_size % patch_size: raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
         C, p, D = latent_channels, patch_size, hidden_size
         self.patch = nn.Linear(((3 if reference else 2) * C + 2) * p * p, D)
-        self.t_embed, self.ef_embed = ScalarEmbedder(D), EFEmbedder(D)
+        self.t_embed, self.ef_embed = ScalarEmbedder(D), EFEmbedder(D, scale=ef_scale)
         self.interval_embed = ScalarEmbedder(D) if meanflow else None
         self.blocks = nn.ModuleList([SpaceTimeBlock(D, heads, mlp_ratio) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -220,7 +220,8 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16,
                  block_out_channels: tuple = (64, 128), layers_per_block: int = 1, heads: tuple = (2, 4),
-                 ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True):
+                 ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True,
+                 ef_scale: float = 10.0, guidance_scale: float = 1.0):
         super().__init__()
         n, C = len(block_out_channels), latent_channels
         if any(c % 32 for c in block_out_channels): raise ValueError(f"block_out_channels {block_out_channels} must be multiples of 32 (diffusers' group norm)")
@@ -232,7 +233,7 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             num_attention_heads=tuple(heads), cross_attention_dim=ef_dim, addition_time_embed_dim=add_time_dim,
             projection_class_embeddings_input_dim=add_time_dim, num_frames=max_frames)
-        self.ef_embed = EFEmbedder(ef_dim)
+        self.ef_embed = EFEmbedder(ef_dim, scale=ef_scale)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, ef: Tensor, interval: Tensor | None = None,
                 ef_null: Tensor | None = None) -> Tensor:
@@ -248,9 +249,10 @@ BACKBONES = {"transformer": SpaceTimeTransformer, "unet": SpatioTemporalUNet}
 
 def build_lvfm(lvfm_cfg: dict, latent_channels: int, sample_size: int, meanflow: bool = False,
                backbone: str | None = None) -> ModelMixin:
-    "A fresh LVFM network from a preset's `lvfm` section (`hidden_size`, `depth`, `heads`, `patch_size`, `frames`, `backbone`)."
+    "A fresh LVFM network from a preset's `lvfm` section (`hidden_size`, `depth`, `heads`, `patch_size`, `frames`, `backbone`, `cfg_scale`)."
     backbone = backbone or lvfm_cfg["backbone"]
-    common = dict(latent_channels=latent_channels, sample_size=sample_size, max_frames=lvfm_cfg["frames"], meanflow=meanflow)
+    common = dict(latent_channels=latent_channels, sample_size=sample_size, max_frames=lvfm_cfg["frames"], meanflow=meanflow,
+                  guidance_scale=float(lvfm_cfg.get("cfg_scale", 1.0)))
     if backbone == "transformer":
         return SpaceTimeTransformer(**common, patch_size=lvfm_cfg["patch_size"], hidden_size=lvfm_cfg["hidden_size"],
                                     depth=lvfm_cfg["depth"], heads=lvfm_cfg["heads"])
@@ -325,6 +327,12 @@ class LVFMObjective:
         return loss, {"mse": d["mse"], "mse_mean": d["mse_mean"]}
 
 # %% ../nbs/31_lvfm.ipynb #d738f006
+def guidance_of(model: nn.Module, cfg_scale: float | None = None) -> float:
+    "The EF guidance scale to use: `cfg_scale` when given, else the one the model was validated with (`config.guidance_scale`, 1 if absent)."
+    s = float(getattr(model.config, "guidance_scale", 1.0) if cfg_scale is None else cfg_scale)
+    if not math.isfinite(s) or s < 0: raise ValueError(f"cfg_scale: expected a finite number >= 0, got {cfg_scale!r}")
+    return s
+
 def _as_ef(ef, B: int | None, device) -> Tensor:
     ef = torch.as_tensor(ef, dtype=torch.float32, device=device).reshape(-1)
     if B is not None and len(ef) == 1: ef = ef.expand(B)
@@ -335,11 +343,12 @@ def _as_ef(ef, B: int | None, device) -> Tensor:
 @torch.no_grad()
 def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: Tensor | None = None,
              observed_mask: Tensor | None = None, num_frames: int | None = None, steps: int | None = None,
-             method: str = "midpoint", cfg_scale: float = 1.0, anatomy_frame: int = 0,
+             method: str = "midpoint", cfg_scale: float | None = None, anatomy_frame: int = 0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
              return_intermediates: bool = False):
     "Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first."
     cfg = model.config
+    cfg_scale = guidance_of(model, cfg_scale)
     meanflow, C, T_max = bool(cfg.meanflow), cfg.latent_channels, cfg.max_frames
     device = next(model.parameters()).device
     if anatomy is not None and observed is not None: raise ValueError("give anatomy or observed frames, not both")
@@ -462,8 +471,9 @@ class EFByArea:
     def __call__(self, videos: Tensor) -> Tensor: return self.slope * self.raw(videos) + self.intercept
 
 # %% ../nbs/31_lvfm.ipynb #979e0003
-def nfe(model: nn.Module, steps: int | None = None, method: str = "midpoint", cfg_scale: float = 1.0) -> int:
-    "Network evaluations of one `generate` call."
+def nfe(model: nn.Module, steps: int | None = None, method: str = "midpoint", cfg_scale: float | None = None) -> int:
+    "Network evaluations of one `generate` call (guidance doubles them; `cfg_scale` None: the model's own)."
+    cfg_scale = guidance_of(model, cfg_scale)
     meanflow = bool(model.config.meanflow)
     steps = steps if steps is not None else (1 if meanflow else 25)
     n = steps * (1 if meanflow else NFE_PER_STEP[method])

@@ -18,11 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .core import seed_everything
+from .privacy import roc_auc
 from .train import fit
 
 # %% auto #0
 __all__ = ['r2_score', 'bootstrap_ci', 'regression_metrics', 'frechet_from_stats', 'feature_stats', 'frechet_distance',
-           'nn_precision_recall', 'VideoClassifier', 'as_video_tensor', 'c2st', 'video_features',
+           'nn_precision_recall', 'VideoClassifier', 'as_video_tensor', 'best_threshold', 'c2st', 'video_features',
            'frechet_video_distance', 'frechet_subsets', 'ef_adherence']
 
 # %% ../nbs/51_metrics.ipynb #9200a198
@@ -179,9 +180,17 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre, half = (p + z * z / (2 * n)) / den, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
     return max(0.0, centre - half), min(1.0, centre + half)
 
+def best_threshold(scores, labels) -> float:
+    "The score threshold (predict 1 above it) with the highest accuracy on (`scores`, `labels`): midpoints between sorted scores."
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
+    u = np.unique(s)
+    cuts = np.concatenate([[u[0] - 1.0], (u[1:] + u[:-1]) / 2, [u[-1] + 1.0]])
+    acc = [((s > c) == y).mean() for c in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
 def c2st(real_videos, synth_videos, *, steps: int = 300, batch_size: int = 16, lr: float = 1e-3, width: int = 8,
          test_fraction: float = 0.3, real_groups=None, seed: int = 0, return_model: bool = False) -> dict:
-    "Classifier two-sample test: held-out accuracy of a small 3D CNN telling real (1) from synthetic (0) videos."
+    "Classifier two-sample test: held-out accuracy (decision threshold fitted on the training videos) and AUC of a small 3D CNN telling real (1) from synthetic (0) videos."
     real, synth = as_video_tensor(real_videos, "real_videos"), as_video_tensor(synth_videos, "synth_videos")
     if real.shape[1:] != synth.shape[1:]: raise ValueError(f"real_videos are {tuple(real.shape[1:])} but synth_videos are {tuple(synth.shape[1:])}: use clips of one size")
     if min(len(real), len(synth)) < 4: raise ValueError(f"need at least 4 videos per side, got {len(real)} real and {len(synth)} synthetic")
@@ -202,12 +211,19 @@ def c2st(real_videos, synth_videos, *, steps: int = 300, batch_size: int = 16, l
         logits = m(x)
         return F.binary_cross_entropy_with_logits(logits, y), {"acc": float(((logits > 0).float() == y).float().mean())}
     res = fit(model, loss_fn, loader, steps=steps, lr=lr, ema_decay=None, progress=False, seed=seed, log_every=max(1, steps // 10))
-    with torch.no_grad(): pred = torch.cat([res.model(x_te[i:i + 64]) for i in range(0, len(x_te), 64)]) > 0
+    with torch.no_grad():
+        score_tr, score_te = (torch.cat([res.model(x[i:i + 64]) for i in range(0, len(x), 64)]) for x in (x_tr, x_te))
+    # the decision threshold is fitted on the training videos: a classifier whose logits all sit on one side of 0
+    # still ranks the videos, and a fitted threshold turns that ranking into its accuracy
+    threshold = best_threshold(score_tr, y_tr)
+    pred = score_te > threshold
     correct = int((pred.float() == y_te).sum()); n = len(y_te)
     lo, hi = _wilson(correct, n)
+    share = float(pred.float().mean())
     out = {"accuracy": correct / n, "accuracy_lo": lo, "accuracy_hi": hi, "n_test": n, "n_train": len(x_tr),
            "p_value": float(stats.binomtest(correct, n, 0.5, alternative="greater").pvalue),
-           "train_accuracy": float(res.history[-1].get("acc", float("nan")))}
+           "auc": roc_auc(score_te[y_te == 1], score_te[y_te == 0]), "train_accuracy": float(((score_tr > threshold).float() == y_tr).float().mean()),
+           "threshold": threshold, "predicted_real_share": share, "degenerate": share in (0.0, 1.0)}
     if return_model: out["model"] = res.model
     return out
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from echoflow.metrics import (as_video_tensor, bootstrap_ci, c2st, ef_adherence, feature_stats, frechet_distance,
+from echoflow.metrics import (as_video_tensor, best_threshold, bootstrap_ci, c2st, ef_adherence, feature_stats, frechet_distance,
                               frechet_from_stats, frechet_subsets, frechet_video_distance, nn_precision_recall, r2_score,
                               regression_metrics, video_features)
 
@@ -176,6 +176,19 @@ def test_c2st_different_distributions_are_caught():
     out = c2st(_smooth_videos(160, 1), _smooth_videos(160, 2, contrast=0.3), steps=60)
     assert out["accuracy"] >= 0.95
     assert out["accuracy_lo"] <= out["accuracy"] <= out["accuracy_hi"]
+
+
+def test_best_threshold():
+    s, y = np.array([-9.0, -8.5, -8.0, -7.0, -6.5, -6.0]), np.array([0, 0, 0, 1, 1, 1])
+    assert -8.0 < best_threshold(s, y) < -7.0                                   # all below 0, still separable
+
+
+def test_c2st_threshold_is_fitted_not_zero():
+    "A separable pair is ranked (AUC) and split (fitted threshold) with both classes predicted, not all in one."
+    real, synth = _smooth_videos(80, 1), _smooth_videos(80, 2, gain=0.5)
+    out = c2st(real, synth, steps=60)
+    assert not out["degenerate"] and out["auc"] > 0.95 and out["accuracy"] > 0.9 and out["train_accuracy"] > 0.9
+    assert 0.3 < out["predicted_real_share"] < 0.7
 
 
 def test_c2st_keeps_real_patients_on_one_side_and_balances():
