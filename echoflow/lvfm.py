@@ -267,10 +267,14 @@ def load_lvfm(path) -> ModelMixin:
     path = Path(path)
     cfg_file = path/"config.json"
     if not cfg_file.exists(): raise FileNotFoundError(f"{path}: no saved LVFM model here (config.json missing)")
-    name = json.loads(cfg_file.read_text()).get("_class_name")
+    saved = json.loads(cfg_file.read_text())
+    name = saved.get("_class_name")
     classes = {c.__name__: c for c in BACKBONES.values()}
     if name not in classes: raise ValueError(f"{cfg_file}: _class_name {name!r} is not an LVFM model ({sorted(classes)})")
-    return load_model(classes[name], path).eval()
+    model = load_model(classes[name], path).eval()
+    if "ef_scale" not in saved:   # saved before `ef_scale` existed: EF was embedded at diffusion-time frequencies
+        model.ef_embed.embed.scale = 1000.0; model.register_to_config(ef_scale=1000.0)
+    return model
 
 # %% ../nbs/31_lvfm.ipynb #129671d8
 def unpack_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:

@@ -290,6 +290,27 @@ def test_save_load_round_trip(tmp_path, make):
                                generate(net, 45, generator=torch.Generator().manual_seed(3), **kw))
 
 
+def test_guidance_scale_and_ef_scale_round_trip(tmp_path):
+    net = _perturb(tiny(meanflow=True, guidance_scale=6.0, ef_scale=10.0))
+    save_model(net, tmp_path/"m")
+    back = load_lvfm(tmp_path/"m")
+    assert back.config.guidance_scale == 6.0 and back.config.ef_scale == 10.0 and nfe(back) == 2
+
+
+def test_models_saved_before_ef_scale_keep_their_embedding(tmp_path):
+    "A config without `ef_scale` was trained with EF at diffusion-time frequencies (x1000): loading must keep that."
+    import json
+    net = _perturb(tiny(meanflow=True, ef_scale=1000.0))
+    save_model(net, tmp_path/"m")
+    cfg = json.loads((tmp_path/"m"/"config.json").read_text()); del cfg["ef_scale"]
+    (tmp_path/"m"/"config.json").write_text(json.dumps(cfg))
+    back = load_lvfm(tmp_path/"m")
+    assert back.config.ef_scale == 1000.0 and back.ef_embed.embed.scale == 1000.0
+    kw = dict(anatomy=torch.randn(1, 4, 8, 8), num_frames=8)
+    torch.testing.assert_close(generate(back, 45, generator=torch.Generator().manual_seed(3), **kw),
+                               generate(net, 45, generator=torch.Generator().manual_seed(3), **kw))
+
+
 def test_load_lvfm_bad_folder(tmp_path):
     with pytest.raises(FileNotFoundError): load_lvfm(tmp_path)
     (tmp_path/"config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
