@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .core import seed_everything
-from .privacy import roc_auc
+from .privacy import roc_auc, roc_curve
 from .train import fit
 
 # %% auto #0
@@ -181,12 +181,10 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 def best_threshold(scores, labels) -> float:
-    "The score threshold (predict 1 above it) with the highest accuracy on (`scores`, `labels`): midpoints between sorted scores."
+    "The threshold of the rule 'score >= threshold' with the highest accuracy on (`scores`, `labels`), read off the ROC curve."
     s, y = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
-    u = np.unique(s)
-    cuts = np.concatenate([[u[0] - 1.0], (u[1:] + u[:-1]) / 2, [u[-1] + 1.0]])
-    acc = [((s > c) == y).mean() for c in cuts]
-    return float(cuts[int(np.argmax(acc))])
+    fpr, tpr, thresholds = roc_curve(s[y], s[~y])
+    return float(thresholds[int(np.argmax(tpr * y.sum() + (1 - fpr) * (~y).sum()))])
 
 def c2st(real_videos, synth_videos, *, steps: int = 300, batch_size: int = 16, lr: float = 1e-3, width: int = 8,
          test_fraction: float = 0.3, real_groups=None, seed: int = 0, return_model: bool = False) -> dict:
@@ -216,13 +214,13 @@ def c2st(real_videos, synth_videos, *, steps: int = 300, batch_size: int = 16, l
     # the decision threshold is fitted on the training videos: a classifier whose logits all sit on one side of 0
     # still ranks the videos, and a fitted threshold turns that ranking into its accuracy
     threshold = best_threshold(score_tr, y_tr)
-    pred = score_te > threshold
+    pred = score_te >= threshold
     correct = int((pred.float() == y_te).sum()); n = len(y_te)
     lo, hi = _wilson(correct, n)
     share = float(pred.float().mean())
     out = {"accuracy": correct / n, "accuracy_lo": lo, "accuracy_hi": hi, "n_test": n, "n_train": len(x_tr),
            "p_value": float(stats.binomtest(correct, n, 0.5, alternative="greater").pvalue),
-           "auc": roc_auc(score_te[y_te == 1], score_te[y_te == 0]), "train_accuracy": float(((score_tr > threshold).float() == y_tr).float().mean()),
+           "auc": roc_auc(score_te[y_te == 1], score_te[y_te == 0]), "train_accuracy": float(((score_tr >= threshold).float() == y_tr).float().mean()),
            "threshold": threshold, "predicted_real_share": share, "degenerate": share in (0.0, 1.0)}
     if return_model: out["model"] = res.model
     return out
