@@ -494,21 +494,25 @@ class PrivacyFilter:
         sim, arg = best_similarity(embed(self.encoder, latents, batch_size), self.bank)
         return sim, [self.patient_ids[i] for i in self.bank_patient[arg].tolist()]
 
+    def rejects(self, similarity: torch.Tensor) -> torch.Tensor:
+        "The filter's one rule, applied to best similarities: True where `similarity >= threshold` (the latent may not leave)."
+        return torch.as_tensor(similarity) >= self.threshold
+
     def keep_mask(self, latents) -> torch.Tensor:
         "True where a latent may leave the system (best similarity < threshold)."
-        return self.scores(latents)[0] < self.threshold
+        return ~self.rejects(self.scores(latents)[0])
 
     def filter(self, latents) -> tuple:
         "`(kept latents, keep mask, similarities, nearest patient ids)`."
         latents = check_latents(latents, self.latent_shape)
         sim, who = self.scores(latents)
-        keep = sim < self.threshold
+        keep = ~self.rejects(sim)
         return latents[keep], keep, sim, who
 
     def check_passed(self, latents, names=None) -> torch.Tensor:
         "Raise `PrivacyLeakError` if any latent reaches the threshold; otherwise return the similarities."
         sim, who = self.scores(latents)
-        bad = (sim >= self.threshold).nonzero().flatten().tolist()
+        bad = self.rejects(sim).nonzero().flatten().tolist()
         if bad:
             label = [names[i] if names is not None else f"#{i}" for i in bad[:5]]
             raise PrivacyLeakError(f"{len(bad)} latent(s) reach the privacy threshold {self.threshold:.4f}: {label} "
@@ -603,7 +607,7 @@ def audit(filter: PrivacyFilter, train_latents, heldout_latents, generated_laten
     sim, who = torch.empty_like(sim_shuffled), [None] * len(order)
     sim[order] = sim_shuffled
     for pos, i in enumerate(order.tolist()): who[i] = who_shuffled[pos]
-    rejected = (sim >= filter.threshold).numpy()
+    rejected = filter.rejects(sim).numpy()
     caught = {k: float(rejected[tags == k].mean()) for k in kinds}
     sims = {k: sim[torch.from_numpy(tags == k)] for k in ["generated", *kinds]}
     sims["heldout"] = filter.scores(heldout)[0]
@@ -611,7 +615,7 @@ def audit(filter: PrivacyFilter, train_latents, heldout_latents, generated_laten
         "threshold": filter.threshold, "n_planted": len(src), "n_generated": len(generated), "n_heldout": len(heldout),
         "perturbations": kinds, "skipped": [k for k in PERTURBATIONS if k not in kinds],
         "planted_caught_by_type": caught, "planted_caught": min(caught.values()),
-        "false_reject": float((sims["heldout"] >= filter.threshold).float().mean()) if len(heldout) else None,
+        "false_reject": float(filter.rejects(sims["heldout"]).float().mean()) if len(heldout) else None,
         "generated_rejected": float(rejected[tags == "generated"].mean()) if len(generated) else None,
         "kept_max_similarity": float(sim[torch.from_numpy(~rejected)].max()) if (~rejected).any() else None,
         "similarity": {k: {"min": float(v.min()), "median": float(v.median()), "max": float(v.max())} for k, v in sims.items() if len(v)},
