@@ -1,11 +1,13 @@
-"""EF adherence of a flow-matching LVFM against the EF guidance scale (the experiment behind `lvfm.cfg_scale`).
+"""EF adherence of an LVFM against the EF guidance scale (the experiments behind `lvfm.cfg_scale` and `lvfm.meanflow_guidance`).
 
-Trains the preset's flow-matching LVFM on the phantom stand-in latents (`phantom_latent_cache`: pooled pixels, no
-A-VAE), then animates the first frame of each TEST clip at EF asked on an even grid over 20-80% with each guidance
-scale, and reads the EF back with the LV-area instrument (`fit_ef_meter`). Prints MAE, R^2 and the correlation of
-asked and measured EF per scale.
+Trains the preset's LVFM (flow matching, or MeanFlow with `--objective meanflow`, optionally with guidance trained in:
+`--train-guidance` w' and `--mix` kappa) on the phantom stand-in latents (`phantom_latent_cache`: pooled pixels, no
+A-VAE), then animates the first frame of each TEST clip at EF asked on an even grid over 20-80% with each sampling
+guidance scale, and reads the EF back with the LV-area instrument (`fit_ef_meter`). Prints MAE, R^2 and the
+correlation of asked and measured EF per scale.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py [--preset default] [--steps 2000] [--scales 1,3,5,8,12]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py --objective meanflow --train-guidance 8 --mix 0.75 --scales 1
 """
 import argparse
 import tempfile
@@ -26,6 +28,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default"); ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--scales", default="1,3,5,8,12"); ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--objective", default="flow", choices=["flow", "meanflow"])
+    ap.add_argument("--train-guidance", type=float, default=1.0, help="MeanFlow: EF guidance trained in (w')")
+    ap.add_argument("--mix", type=float, default=0.0, help="MeanFlow: kappa of the guided target")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_preset(args.preset); L = cfg["lvfm"]
@@ -36,18 +41,23 @@ def main():
         C, h = train_ds[0]["latents"].shape[0], train_ds[0]["latents"].shape[-1]
         test = clip_batch(test_ds, videos, L["eval_videos"])
         torch.manual_seed(0)
-        model = build_lvfm(L, C, h)
+        meanflow = args.objective == "meanflow"
+        model = build_lvfm(L, C, h, meanflow=meanflow)
+        objective = LVFMObjective(args.objective, ef_dropout=L["ef_dropout"], p_short=L["p_short"],
+                                  **({"flow_ratio": L["flow_ratio"], "jvp": L["jvp"], "guidance": args.train_guidance,
+                                      "guidance_mix": args.mix} if meanflow else {}))
         loader = DataLoader(train_ds, batch_size=L["batch_size"], shuffle=True, drop_last=True)
         t0 = time.time()
-        res = fit(model, LVFMObjective("flow", ef_dropout=L["ef_dropout"], p_short=L["p_short"]), loader, steps=args.steps,
-                  lr=L["lr"], warmup=min(100, args.steps // 10), progress=False, **fit_options(cfg))
-        print(f"preset {args.preset}: {args.steps} flow-matching steps in {time.time() - t0:.0f} s, last loss {res.history[-1]['loss']:.4f}")
+        res = fit(model, objective, loader, steps=args.steps, lr=L["lr"], warmup=min(100, args.steps // 10), progress=False,
+                  **fit_options(cfg))
+        print(f"preset {args.preset}: {args.steps} {args.objective} steps (trained guidance {args.train_guidance}, kappa {args.mix}) "
+              f"in {time.time() - t0:.0f} s, last loss {res.history[-1]['loss']:.4f}")
         meter = fit_ef_meter(codec, train_ds, videos, n_calibrate=L["eval_videos"], seg_steps=L["seg_steps"])
         asked = torch.linspace(20, 80, len(test["latents"]))
         print(f"{'scale':>6} {'MAE':>6} {'R2':>7} {'corr':>6}  measured range")
         for s in (float(v) for v in args.scales.split(",")):
-            a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, steps=L["sample_steps"],
-                                method=L["sample_method"], cfg_scale=s)
+            a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, cfg_scale=s,
+                                **({} if meanflow else {"steps": L["sample_steps"], "method": L["sample_method"]}))
             print(f"{s:6.1f} {a['mae']:6.2f} {a['r2']:7.3f} {np.corrcoef(asked.numpy(), m.numpy())[0, 1]:6.3f}  {m.min():.1f}-{m.max():.1f}", flush=True)
 
 

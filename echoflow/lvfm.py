@@ -30,9 +30,9 @@ from .flow.meanflow import meanflow_loss, meanflow_sample
 __all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames', 'sample_observed_mask', 'truncate_clips',
            'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
            'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
-           'LVFMObjective', 'guidance_of', 'generate', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef',
-           'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch',
-           'fit_ef_meter', 'ef_adherence']
+           'LVFMObjective', 'lvfm_objective', 'guidance_of', 'generate', 'LVSegmenter', 'train_lv_segmenter',
+           'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents',
+           'traced_masks', 'clip_batch', 'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
 def frame_channel(mask: Tensor, like: Tensor) -> Tensor:
@@ -249,10 +249,12 @@ BACKBONES = {"transformer": SpaceTimeTransformer, "unet": SpatioTemporalUNet}
 
 def build_lvfm(lvfm_cfg: dict, latent_channels: int, sample_size: int, meanflow: bool = False,
                backbone: str | None = None) -> ModelMixin:
-    "A fresh LVFM network from a preset's `lvfm` section (`hidden_size`, `depth`, `heads`, `patch_size`, `frames`, `backbone`, `cfg_scale`)."
+    """A fresh LVFM network from a preset's `lvfm` section (`hidden_size`, `depth`, `heads`, `patch_size`, `frames`, `backbone`,
+    `cfg_scale`). A MeanFlow model trained with guidance built in (`meanflow_guidance` > 1) samples unguided: one call per step."""
     backbone = backbone or lvfm_cfg["backbone"]
+    trained_guided = meanflow and float(lvfm_cfg.get("meanflow_guidance", 1.0)) != 1
     common = dict(latent_channels=latent_channels, sample_size=sample_size, max_frames=lvfm_cfg["frames"], meanflow=meanflow,
-                  guidance_scale=float(lvfm_cfg.get("cfg_scale", 1.0)))
+                  guidance_scale=1.0 if trained_guided else float(lvfm_cfg.get("cfg_scale", 1.0)))
     if backbone == "transformer":
         return SpaceTimeTransformer(**common, patch_size=lvfm_cfg["patch_size"], hidden_size=lvfm_cfg["hidden_size"],
                                     depth=lvfm_cfg["depth"], heads=lvfm_cfg["heads"])
@@ -295,14 +297,20 @@ class LVFMObjective:
     "`loss_fn(model, batch, step)` for `echoflow.train.fit`: flow matching ('flow') or MeanFlow ('meanflow') on masked-conditioned latent videos."
     def __init__(self, objective: str = "flow", ef_dropout: float = 0.1, flow_ratio: float = 0.75, jvp: str = "autograd",
                  p_none: float = 0.1, p_single: float = 0.6, p_short: float = 0.0, min_frames: int = 4,
-                 time_mean: float = 0.0, time_std: float = 1.0, adaptive_p: float = 1.0, fd_eps: float = 1e-4):
+                 time_mean: float = 0.0, time_std: float = 1.0, adaptive_p: float = 1.0, fd_eps: float = 1e-4,
+                 guidance: float = 1.0, guidance_mix: float = 0.0):
         if objective not in ("flow", "meanflow"): raise ValueError(f"objective must be 'flow' or 'meanflow', got {objective!r}")
         if not 0 <= ef_dropout <= 1: raise ValueError(f"ef_dropout must be in [0, 1], got {ef_dropout}")
+        if not (math.isfinite(guidance) and guidance >= 1 and 0 <= guidance_mix < 1):
+            raise ValueError(f"guidance must be >= 1 and guidance_mix in [0, 1), got {guidance} and {guidance_mix}")
+        if guidance != 1 and objective != "meanflow": raise ValueError("guidance: training-time guidance is for the 'meanflow' objective")
+        if guidance != 1 and ef_dropout == 0: raise ValueError("guidance: needs ef_dropout > 0 (the unconditional field is learnt from dropped EF)")
         sample_observed_mask(torch.zeros(1, 1, dtype=torch.bool), p_none, p_single)   # validates the probabilities
         truncate_clips(torch.zeros(1, 1, dtype=torch.bool), p_short, min_frames)
         self.objective, self.ef_dropout, self.flow_ratio, self.jvp = objective, ef_dropout, flow_ratio, jvp
         self.p_none, self.p_single, self.p_short, self.min_frames = p_none, p_single, p_short, min_frames
         self.time_mean, self.time_std, self.adaptive_p, self.fd_eps = time_mean, time_std, adaptive_p, fd_eps
+        self.guidance, self.guidance_mix = guidance, guidance_mix
 
     def inputs(self, batch: dict) -> dict:
         "Clean latents, the training pad mask, random observed frames, the condition and EF (with dropout) for one batch."
@@ -325,10 +333,25 @@ class LVFMObjective:
             loss = flow_matching_loss(model(ps.x_t, ps.t, **cond), ps, mask=real)
             return loss, {}
         def u_fn(z, r, t, cond, ef, ef_null): return model(z, t, cond, ef, interval=r - t, ef_null=ef_null)
+        guided = None
+        if self.guidance != 1:
+            k = self.guidance_mix
+            w = self.guidance * (1 - k)   # MeanFlow's w = w' (1 - kappa): the field learnt is guided at scale w'
+            def guided(z, t, v, cond, ef, ef_null):   # w v + k u(z, t, t | EF) + (1 - w - k) u(z, t, t | no EF); v where EF was dropped
+                zero = torch.zeros_like(t)
+                field = w * v + (1 - w - k) * model(z, t, cond, ef, interval=zero, ef_null=torch.ones_like(ef_null))
+                if k: field = field + k * model(z, t, cond, ef, interval=zero, ef_null=ef_null)
+                return torch.where(ef_null.reshape(-1, *[1] * (v.ndim - 1)), v, field)
         with sdpa_kernel(SDPBackend.MATH):   # the math attention kernel supports forward-mode AD (the JVP)
             loss, d = meanflow_loss(u_fn, x_0, x_1, cond=cond, mask=real, flow_ratio=self.flow_ratio, jvp=self.jvp,
-                                    adaptive_p=self.adaptive_p, fd_eps=self.fd_eps, return_details=True)
+                                    adaptive_p=self.adaptive_p, fd_eps=self.fd_eps, velocity=guided, return_details=True)
         return loss, {"mse": d["mse"], "mse_mean": d["mse_mean"]}
+
+def lvfm_objective(lvfm_cfg: dict, objective: str) -> LVFMObjective:
+    "The objective a preset's `lvfm` section trains with: flow matching, or MeanFlow with its training-time EF guidance."
+    L = lvfm_cfg
+    guided = {"guidance": L["meanflow_guidance"], "guidance_mix": L["meanflow_guidance_mix"]} if objective == "meanflow" else {}
+    return LVFMObjective(objective, ef_dropout=L["ef_dropout"], flow_ratio=L["flow_ratio"], jvp=L["jvp"], p_short=L["p_short"], **guided)
 
 # %% ../nbs/31_lvfm.ipynb #d738f006
 def guidance_of(model: nn.Module, cfg_scale: float | None = None) -> float:

@@ -186,7 +186,7 @@ def phantom_components(cfg: dict, sampler: str = "onestep", seed: int = 0) -> di
     from echoflow.core import to_unit
     from echoflow.data import LatentVideos, write_latent_cache
     from echoflow.lifm import AnatomyFrames, build_lifm, train_lifm
-    from echoflow.lvfm import LVFMObjective, build_lvfm
+    from echoflow.lvfm import build_lvfm, lvfm_objective
     from echoflow.phantom import phantom_videos
     from echoflow.privacy import LatentFrames, PooledCodec, PrivacyFilter, train_reid
     from echoflow.train import fit, fit_options
@@ -217,7 +217,7 @@ def phantom_components(cfg: dict, sampler: str = "onestep", seed: int = 0) -> di
         kind = "meanflow" if sampler == "onestep" else "flow"
         model = build_lvfm(V, C, h, meanflow=kind == "meanflow")
         loader = torch.utils.data.DataLoader(ds, batch_size=min(V["batch_size"], len(ds)), shuffle=True, drop_last=True)
-        objective = LVFMObjective(kind, ef_dropout=V["ef_dropout"], flow_ratio=V["flow_ratio"], jvp=V["jvp"], p_short=V["p_short"])
+        objective = lvfm_objective(V, kind)
         lvfm = fit(model, objective, loader, steps=V["meanflow_steps" if kind == "meanflow" else "steps"], lr=V["lr"], **opts).ema.eval()
     return {"real": table, "decode": codec.decode, "lifm": lifm, "filter": filt, "lvfm": lvfm,
             "source": f"STAND-INS trained here on {len(videos)} phantom videos: PooledCodec(f{codec.factor}), LIFM, ReID, LVFM ({sampler})"}

@@ -56,8 +56,10 @@ def meanflow_loss(u_fn, x_0: Tensor, x_1: Tensor, t: Tensor | None = None, r: Te
                   cond: dict | None = None, mask: Tensor | None = None, adaptive_p: float = 1.0,
                   adaptive_c: float = 1e-3, flow_ratio: float = 0.75, time_mean: float = 0.4, time_std: float = 1.0,
                   jvp: str = "autograd", fd_eps: float = 1e-3, generator: torch.Generator | None = None,
-                  return_details: bool = False):
-    "MeanFlow loss on the linear path from `x_0` (noise) to `x_1` (data); per-sample adaptive weight sg(1/(err + c)^p)."
+                  velocity=None, return_details: bool = False):
+    """MeanFlow loss on the linear path from `x_0` (noise) to `x_1` (data); per-sample adaptive weight sg(1/(err + c)^p).
+    `velocity(z_t, t, v, **cond)`, when given, replaces the path's velocity `v` by the field to learn (computed without
+    grad), e.g. a classifier-free-guided field, so that guidance is trained into the one-step model."""
     if x_0.shape != x_1.shape: raise ValueError(f"x_0, x_1: expected the same shape, got {tuple(x_0.shape)} and {tuple(x_1.shape)}")
     if adaptive_p < 0 or adaptive_c <= 0: raise ValueError(f"adaptive_p/adaptive_c: expected p >= 0 and c > 0, got {adaptive_p}, {adaptive_c}")
     if jvp not in JVP_METHODS: raise ValueError(f"jvp: expected one of {JVP_METHODS}, got {jvp!r}")
@@ -76,6 +78,9 @@ def meanflow_loss(u_fn, x_0: Tensor, x_1: Tensor, t: Tensor | None = None, r: Te
         if len(rows) == 0: continue
         z, v, rr, tt = ps.x_t[rows], ps.dx_t[rows], r[rows], t[rows]
         sub_cond = _take(cond, rows, batch)
+        if velocity is not None:
+            with torch.no_grad(): v = velocity(z, tt, v, **sub_cond).detach()
+            if v.shape != z.shape: raise ValueError(f"velocity output: expected shape {tuple(z.shape)}, got {tuple(v.shape)}")
         if is_mean: u, target = meanflow_target(u_fn, z, rr, tt, v, sub_cond, jvp=jvp, fd_eps=fd_eps)
         else: u, target = u_fn(z, rr, tt, **sub_cond), v
         if u.shape != z.shape: raise ValueError(f"u_fn output: expected shape {tuple(z.shape)}, got {tuple(u.shape)}")
