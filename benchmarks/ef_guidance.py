@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from echoflow.core import load_preset
 from echoflow.data import LatentVideos
-from echoflow.lvfm import LVFMObjective, build_lvfm, clip_batch, ef_adherence, fit_ef_meter, phantom_latent_cache
+from echoflow.lvfm import build_lvfm, clip_batch, ef_adherence, fit_ef_meter, lvfm_objective, phantom_latent_cache
 from echoflow.train import fit, fit_options
 
 
@@ -42,10 +42,9 @@ def main():
         test = clip_batch(test_ds, videos, L["eval_videos"])
         torch.manual_seed(0)
         meanflow = args.objective == "meanflow"
+        L = L | {"meanflow_guidance": args.train_guidance, "meanflow_guidance_mix": args.mix}
         model = build_lvfm(L, C, h, meanflow=meanflow)
-        objective = LVFMObjective(args.objective, ef_dropout=L["ef_dropout"], p_short=L["p_short"],
-                                  **({"flow_ratio": L["flow_ratio"], "jvp": L["jvp"], "guidance": args.train_guidance,
-                                      "guidance_mix": args.mix} if meanflow else {}))
+        objective = lvfm_objective(L, args.objective)
         loader = DataLoader(train_ds, batch_size=L["batch_size"], shuffle=True, drop_last=True)
         t0 = time.time()
         res = fit(model, objective, loader, steps=args.steps, lr=L["lr"], warmup=min(100, args.steps // 10), progress=False,
