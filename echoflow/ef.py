@@ -221,8 +221,11 @@ def phantom_learnability(preset="default", *, steps: int | None = None, seed: in
 
 # %% ../nbs/50_ef.ipynb #44c94338
 def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int | None = None,
-                   ef_range: tuple = (20.0, 80.0), seed: int = 0) -> tuple[dict, dict]:
-    "EF adherence of the multi-step and one-step LVFM models, measured by `regressor`: ({ef_mae_multistep, ef_r2_multistep, ...}, {kind: table})."
+                   ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
+                   cfg_scale: float | None = None, meanflow_steps: int = 1) -> tuple[dict, dict]:
+    """EF adherence of the multi-step and one-step LVFM models, measured by `regressor`: ({ef_mae_multistep, ef_r2_multistep, ...}, {kind: table}).
+    `kinds` picks the models; `cfg_scale` overrides the multi-step model's guidance scale (None: the one in its config);
+    `meanflow_steps` > 1 samples the MeanFlow model ('onestep') with that many average-velocity steps."""
     from diffusers import AutoencoderKL
     from echoflow.core import EchoVideo, to_uint8
     from echoflow.data import LatentVideos
@@ -234,15 +237,17 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     n = n_videos or V["eval_videos"]
     if n < 2: raise ValueError(f"n_videos must be >= 2 (a range of requested EF), got {n}")
     vae = load_model(AutoencoderKL, Path(vae_dir)/"model").eval()
-    models = {"multistep": load_lvfm(Path(lvfm_dir)/"flow_model"), "onestep": load_lvfm(Path(lvfm_dir)/"meanflow_model")}
-    T = models["onestep"].config.max_frames
+    folders = {"multistep": "flow_model", "onestep": "meanflow_model"}
+    if not kinds or any(k not in folders for k in kinds): raise ValueError(f"kinds must name some of {tuple(folders)}, got {kinds!r}")
+    models = {k: load_lvfm(Path(lvfm_dir)/folders[k]) for k in kinds}
+    T = min(m.config.max_frames for m in models.values())
     test = LatentVideos(latents_dir, split="TEST", max_frames=T)
     anatomies = torch.stack([test[i % len(test)]["latents"][:, 0] for i in range(n)])          # (n, C, h, w), standardised
     fps = synthetic_fps(test.table, T)
     requested = np.linspace(*ef_range, n)
     out, tables = {}, {}
     for kind, model in models.items():
-        kw = {"steps": V["sample_steps"], "method": V["sample_method"]} if kind == "multistep" else {}
+        kw = {"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep" else {"steps": meanflow_steps}
         g = torch.Generator().manual_seed(seed)
         z = torch.cat([generate(model, requested[i:i + 8].tolist(), anatomy=anatomies[i:i + 8], generator=g, **kw) for i in range(0, n, 8)])
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)

@@ -294,10 +294,11 @@ def unpack_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     return x_1, pad, ef
 
 class LVFMObjective:
-    "`loss_fn(model, batch, step)` for `echoflow.train.fit`: flow matching ('flow') or MeanFlow ('meanflow') on masked-conditioned latent videos."
+    """`loss_fn(model, batch, step)` for `echoflow.train.fit`: flow matching ('flow') or MeanFlow ('meanflow') on masked-conditioned latent videos.
+    `time_mean`/`time_std` set the logit-normal draw of t (both objectives); None keeps each objective's default (0/1, 0.4/1)."""
     def __init__(self, objective: str = "flow", ef_dropout: float = 0.1, flow_ratio: float = 0.75, jvp: str = "autograd",
                  p_none: float = 0.1, p_single: float = 0.6, p_short: float = 0.0, min_frames: int = 4,
-                 time_mean: float = 0.0, time_std: float = 1.0, adaptive_p: float = 1.0, fd_eps: float = 1e-4,
+                 time_mean: float | None = None, time_std: float | None = None, adaptive_p: float = 1.0, fd_eps: float = 1e-4,
                  guidance: float = 1.0, guidance_mix: float = 0.0):
         if objective not in ("flow", "meanflow"): raise ValueError(f"objective must be 'flow' or 'meanflow', got {objective!r}")
         if not 0 <= ef_dropout <= 1: raise ValueError(f"ef_dropout must be in [0, 1], got {ef_dropout}")
@@ -328,7 +329,8 @@ class LVFMObjective:
         real = frame_channel(~b["pad_mask"], x_1)[:, :1, :, :1, :1]              # (B, 1, T, 1, 1) loss mask
         cond = {"cond": b["cond"], "ef": b["ef"], "ef_null": b["ef_null"]}
         if self.objective == "flow":
-            t = logit_normal_t(len(x_1), self.time_mean, self.time_std, device=x_1.device)
+            t = logit_normal_t(len(x_1), 0.0 if self.time_mean is None else self.time_mean,
+                               1.0 if self.time_std is None else self.time_std, device=x_1.device)
             ps = LinearPath().sample(x_0, x_1, t)
             loss = flow_matching_loss(model(ps.x_t, ps.t, **cond), ps, mask=real)
             return loss, {}
@@ -342,9 +344,10 @@ class LVFMObjective:
                 field = w * v + (1 - w - k) * model(z, t, cond, ef, interval=zero, ef_null=torch.ones_like(ef_null))
                 if k: field = field + k * model(z, t, cond, ef, interval=zero, ef_null=ef_null)
                 return torch.where(ef_null.reshape(-1, *[1] * (v.ndim - 1)), v, field)
+        times = {k: v for k, v in (("time_mean", self.time_mean), ("time_std", self.time_std)) if v is not None}
         with sdpa_kernel(SDPBackend.MATH):   # the math attention kernel supports forward-mode AD (the JVP)
             loss, d = meanflow_loss(u_fn, x_0, x_1, cond=cond, mask=real, flow_ratio=self.flow_ratio, jvp=self.jvp,
-                                    adaptive_p=self.adaptive_p, fd_eps=self.fd_eps, velocity=guided, return_details=True)
+                                    adaptive_p=self.adaptive_p, fd_eps=self.fd_eps, velocity=guided, return_details=True, **times)
         return loss, {"mse": d["mse"], "mse_mean": d["mse_mean"]}
 
 def lvfm_objective(lvfm_cfg: dict, objective: str) -> LVFMObjective:
@@ -421,8 +424,10 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
             return u_null + cfg_scale * (u - u_null)
         out = meanflow_sample(fn, x_0, steps=steps, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     else:
-        def v_fn(z, t, ef_null): return model(z, t, cond, ef, ef_null=ef_null)
-        fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": True}, cfg_scale)
+        def v_fn(z, t, ef_null):   # guided: the EF and null halves arrive stacked, one call of batch 2B
+            k = len(z) // B
+            return model(z, t, cond if k == 1 else cond.repeat(k, 1, 1, 1, 1), ef if k == 1 else ef.repeat(k), ef_null=ef_null)
+        fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": True}, cfg_scale, batched=True)
         out = sample_ode(fn, x_0, steps=steps, method=method, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     if return_intermediates: return out[0][:, :, :T], out[1][:, :, :, :T]
     return out[:, :, :T]

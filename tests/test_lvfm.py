@@ -257,6 +257,27 @@ def test_training_guidance_arguments_and_unguided_sampling():
     assert lvfm_objective(L, "flow").guidance == 1.0
 
 
+def test_time_distribution_reaches_both_objectives(monkeypatch):
+    "time_mean / time_std set the draw of t for flow matching and MeanFlow alike; None keeps each one's default"
+    import inspect
+    import echoflow.lvfm as lvfm_mod
+    seen = {}
+    def spy(name):
+        fn = getattr(lvfm_mod, name)
+        def wrapped(*a, **k):
+            seen[name] = inspect.signature(fn).bind(*a, **k).arguments
+            return fn(*a, **k)
+        monkeypatch.setattr(lvfm_mod, name, wrapped)
+    spy("meanflow_loss"); spy("logit_normal_t")
+    net = tiny(meanflow=True).train()
+    def drawn(objective, **times):
+        seen.clear(); LVFMObjective(objective, flow_ratio=1.0, **times)(net, batch())
+        a = seen["logit_normal_t" if objective == "flow" else "meanflow_loss"]
+        return a.get("mean", a.get("time_mean")), a.get("std", a.get("time_std"))
+    assert drawn("flow") == (0.0, 1.0) and drawn("meanflow") == (None, None)   # MeanFlow: meanflow_loss's own 0.4 / 1.0
+    assert drawn("flow", time_mean=2.5, time_std=0.3) == drawn("meanflow", time_mean=2.5, time_std=0.3) == (2.5, 0.3)
+
+
 def test_objective_bad_arguments():
     with pytest.raises(ValueError, match="objective"): LVFMObjective("diffusion")
     with pytest.raises(ValueError, match="ef_dropout"): LVFMObjective(ef_dropout=2.0)
@@ -310,6 +331,25 @@ def test_generation_modes_and_counterfactual():
     assert (rec - cf).abs().max() > 1e-3 and (rec - free).abs().max() > 1e-3
     guided = generate(net, [40, 40], observed=x, observed_mask=obs, generator=g(), cfg_scale=2.0)
     assert (guided - rec).abs().max() > 1e-4
+
+
+def test_guided_flow_sampling_is_classifier_free_guidance():
+    "the multi-step sampler's batched guidance (EF and null halves in one call) equals v_null + s (v_EF - v_null), step by step"
+    for net in (_perturb(tiny()), _perturb(tiny_unet())):
+        anatomy, ef, s = torch.randn(2, 4, 8, 8), torch.tensor([30.0, 70.0]), 3.0
+        noise = torch.randn(2, 4, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+        out = generate(net, ef, anatomy=anatomy, steps=2, method="euler", cfg_scale=s, noise=noise)
+        obs = torch.zeros(2, 8, dtype=torch.bool); obs[:, 0] = True
+        video = torch.zeros(2, 4, 8, 8, 8); video[:, :, 0] = anatomy
+        cond = masked_condition(video, obs, torch.zeros(2, 8, dtype=torch.bool))
+        x = noise.clone()
+        with torch.no_grad():
+            for t0 in (0.0, 0.5):
+                t = torch.full((2,), t0)
+                v_ef = net(x, t, cond, ef / 100, ef_null=torch.zeros(2, dtype=torch.bool))
+                v_null = net(x, t, cond, ef / 100, ef_null=torch.ones(2, dtype=torch.bool))
+                x = x + 0.5 * (v_null + s * (v_ef - v_null))
+        torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-5)
 
 
 def test_unet_generation_pads_to_max_frames():

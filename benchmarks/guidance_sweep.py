@@ -1,0 +1,46 @@
+"""EF adherence of a finished run's multi-step LVFM against the sampling guidance scale, read by its real-trained regressor.
+
+Where `ef_guidance.py` trains a model on stand-in latents, this one measures the model a pipeline run trained: it
+animates the first frame of TEST clips at EF asked on an even grid over 20-80% with each guidance scale, decodes
+with the run's A-VAE and reads the EF with the run's EF regressor trained on real videos (`ef/regressor_real`).
+Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; about 4.5 min per scale at `small` on one thread),
+then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (about 1 min each).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4]
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from echoflow.core import load_model, load_preset
+from echoflow.ef import EFRegressor, lvfm_adherence
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a run folder with vae/, latents/, lvfm/ and ef/ stage outputs")
+    ap.add_argument("--preset", default="small"); ap.add_argument("--scales", default="4,8,14,20")
+    ap.add_argument("--meanflow-steps", default="1,2,4", help="MeanFlow sampling steps to measure ('' for none)")
+    ap.add_argument("--videos", type=int, default=None, help="videos per scale (default: the preset's lvfm.eval_videos)")
+    ap.add_argument("--threads", type=int, default=1); ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for d in ("vae", "latents", "lvfm", "ef/regressor_real/model"):
+        if not (args.run/d).exists(): raise SystemExit(f"{args.run/d}: missing; run the pipeline up to the ef stage first")
+    cfg = load_preset(args.preset)
+    regressor = load_model(EFRegressor, args.run/"ef"/"regressor_real"/"model").eval()
+    rows = [("multistep", "cfg scale", float(s), {"cfg_scale": float(s)}) for s in args.scales.split(",") if s]
+    rows += [("onestep", "MeanFlow steps", int(n), {"meanflow_steps": int(n)}) for n in args.meanflow_steps.split(",") if n]
+    print(f"{'model':>9} {'setting':>15} {'MAE':>6} {'R^2':>6} {'slope':>6} {'bias':>6} {'s':>5}")
+    for kind, what, value, kw in rows:
+        t0 = time.time()
+        m, _ = lvfm_adherence(regressor, args.run/"lvfm", args.run/"vae", args.run/"latents", cfg, n_videos=args.videos,
+                              seed=args.seed, kinds=(kind,), **kw)
+        print(f"{kind:>9} {what:>10} {value:4g} {m[f'ef_mae_{kind}']:6.2f} {m[f'ef_r2_{kind}']:6.2f} {m[f'ef_slope_{kind}']:6.2f} "
+              f"{m[f'ef_bias_{kind}']:6.2f} {time.time() - t0:5.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
