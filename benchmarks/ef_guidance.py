@@ -8,6 +8,7 @@ correlation of asked and measured EF per scale.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py [--preset default] [--steps 2000] [--scales 1,3,5,8,12]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py --objective meanflow --train-guidance 8 --mix 0.75 --scales 1
+    ... --objective meanflow --train-guidance 8 --mix 0.75 --scales 1 --flow-ratio 0.5 --meanflow-steps 1,2
 """
 import argparse
 import tempfile
@@ -31,6 +32,8 @@ def main():
     ap.add_argument("--objective", default="flow", choices=["flow", "meanflow"])
     ap.add_argument("--train-guidance", type=float, default=1.0, help="MeanFlow: EF guidance trained in (w')")
     ap.add_argument("--mix", type=float, default=0.0, help="MeanFlow: kappa of the guided target")
+    ap.add_argument("--flow-ratio", type=float, default=None, help="MeanFlow: share of rows with r = t (default: the preset's)")
+    ap.add_argument("--meanflow-steps", default="1", help="MeanFlow: sampling steps to measure, e.g. 1,2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_preset(args.preset); L = cfg["lvfm"]
@@ -43,21 +46,26 @@ def main():
         torch.manual_seed(0)
         meanflow = args.objective == "meanflow"
         L = L | {"meanflow_guidance": args.train_guidance, "meanflow_guidance_mix": args.mix}
+        if args.flow_ratio is not None: L = L | {"flow_ratio": args.flow_ratio}
         model = build_lvfm(L, C, h, meanflow=meanflow)
         objective = lvfm_objective(L, args.objective)
         loader = DataLoader(train_ds, batch_size=L["batch_size"], shuffle=True, drop_last=True)
         t0 = time.time()
         res = fit(model, objective, loader, steps=args.steps, lr=L["lr"], warmup=min(100, args.steps // 10), progress=False,
                   **fit_options(cfg))
-        print(f"preset {args.preset}: {args.steps} {args.objective} steps (trained guidance {args.train_guidance}, kappa {args.mix}) "
+        print(f"preset {args.preset}: {args.steps} {args.objective} steps (trained guidance {args.train_guidance}, kappa {args.mix}, "
+              f"flow_ratio {L['flow_ratio']}) "
               f"in {time.time() - t0:.0f} s, last loss {res.history[-1]['loss']:.4f}")
         meter = fit_ef_meter(codec, train_ds, videos, n_calibrate=L["eval_videos"], seg_steps=L["seg_steps"])
         asked = torch.linspace(20, 80, len(test["latents"]))
-        print(f"{'scale':>6} {'MAE':>6} {'R2':>7} {'corr':>6}  measured range")
+        print(f"{'scale':>6} {'steps':>5} {'MAE':>6} {'R2':>7} {'corr':>6}  measured range")
+        sampling = [{"steps": int(n)} for n in args.meanflow_steps.split(",")] if meanflow else \
+                   [{"steps": L["sample_steps"], "method": L["sample_method"]}]
         for s in (float(v) for v in args.scales.split(",")):
-            a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, cfg_scale=s,
-                                **({} if meanflow else {"steps": L["sample_steps"], "method": L["sample_method"]}))
-            print(f"{s:6.1f} {a['mae']:6.2f} {a['r2']:7.3f} {np.corrcoef(asked.numpy(), m.numpy())[0, 1]:6.3f}  {m.min():.1f}-{m.max():.1f}", flush=True)
+            for kw in sampling:
+                a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, cfg_scale=s, **kw)
+                print(f"{s:6.1f} {kw['steps']:5d} {a['mae']:6.2f} {a['r2']:7.3f} {np.corrcoef(asked.numpy(), m.numpy())[0, 1]:6.3f}  "
+                      f"{m.min():.1f}-{m.max():.1f}", flush=True)
 
 
 if __name__ == "__main__":
