@@ -3,8 +3,8 @@
 Where `ef_guidance.py` trains a model on stand-in latents, this one measures the model a pipeline run trained: it
 animates the first frame of TEST clips at EF asked on an even grid over 20-80% with each guidance scale, decodes
 with the run's A-VAE and reads the EF with the run's EF regressor trained on real videos (`ef/regressor_real`).
-Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; about 4.5 min per scale at `small` on one thread),
-then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (about 1 min each).
+Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; 4.3-5.1 min per scale at `small` on one thread),
+then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (1-1.5 min each).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4]
 """
@@ -33,12 +33,12 @@ def main():
     regressor = load_model(EFRegressor, args.run/"ef"/"regressor_real"/"model").eval()
     rows = [("multistep", "cfg scale", float(s), {"cfg_scale": float(s)}) for s in args.scales.split(",") if s]
     rows += [("onestep", "MeanFlow steps", int(n), {"meanflow_steps": int(n)}) for n in args.meanflow_steps.split(",") if n]
-    print(f"{'model':>9} {'setting':>15} {'MAE':>6} {'R^2':>6} {'slope':>6} {'bias':>6} {'s':>5}")
+    print(f"{'model':>9} {'setting':>19} {'MAE':>6} {'R^2':>6} {'slope':>6} {'bias':>6} {'s':>5}")
     for kind, what, value, kw in rows:
         t0 = time.time()
         m, _ = lvfm_adherence(regressor, args.run/"lvfm", args.run/"vae", args.run/"latents", cfg, n_videos=args.videos,
                               seed=args.seed, kinds=(kind,), **kw)
-        print(f"{kind:>9} {what:>10} {value:4g} {m[f'ef_mae_{kind}']:6.2f} {m[f'ef_r2_{kind}']:6.2f} {m[f'ef_slope_{kind}']:6.2f} "
+        print(f"{kind:>9} {what:>14} {value:4g} {m[f'ef_mae_{kind}']:6.2f} {m[f'ef_r2_{kind}']:6.2f} {m[f'ef_slope_{kind}']:6.2f} "
               f"{m[f'ef_bias_{kind}']:6.2f} {time.time() - t0:5.0f}", flush=True)
 
 

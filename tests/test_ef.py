@@ -247,17 +247,14 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
         assert tables[kind].requested_ef.tolist() == pytest.approx([20, 35, 50, 65, 80])
     with pytest.raises(ValueError, match="n_videos"): lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=1)
     with pytest.raises(ValueError, match="kinds"): lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, kinds=("fast",))
-    # one model, with its guidance scale overridden: the scale reaches every sampling call
+    # one model at a time, with its guidance scale or MeanFlow steps overridden: the setting reaches every sampling call
     import echoflow.lvfm as lvfm_mod
     seen, generate = [], lvfm_mod.generate
     def spy(model, ef, **kw):
-        seen.append(kw.get("cfg_scale")); return generate(model, ef, **kw)
+        seen.append((kw.get("cfg_scale"), kw.get("steps"))); return generate(model, ef, **kw)
     monkeypatch.setattr(lvfm_mod, "generate", spy)
     out, tables = lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("multistep",), cfg_scale=3.0)
-    assert seen == [3.0] and list(tables) == ["multistep"] and not any("onestep" in k for k in out)
+    assert seen == [(3.0, 2)] and list(tables) == ["multistep"] and not any("onestep" in k for k in out)
     seen.clear()
-    def spy_steps(model, ef, **kw):
-        seen.append(kw.get("steps")); return generate(model, ef, **kw)
-    monkeypatch.setattr(lvfm_mod, "generate", spy_steps)
     lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",), meanflow_steps=2)
-    assert seen == [2]
+    assert seen == [(None, 2)]
