@@ -3,8 +3,8 @@
 Where `ef_guidance.py` trains a model on stand-in latents, this one measures the model a pipeline run trained: it
 animates the first frame of TEST clips at EF asked on an even grid over 20-80% with each guidance scale, decodes
 with the run's A-VAE and reads the EF with the run's EF regressor trained on real videos (`ef/regressor_real`).
-Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; 4.3-5.1 min per scale at `small` on one thread),
-then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (1-1.5 min each).
+Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; 2.4-5.1 min per scale at `small` on one thread, by the load),
+then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (0.5-1.5 min each).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4]
 """
