@@ -25,8 +25,8 @@ from .train import FitResult, fit, fit_options
 
 # %% auto #0
 __all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'train_ef_regressor',
-           'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter', 'phantom_dataset', 'phantom_learnability',
-           'lvfm_adherence', 'results_table', 'flat_metrics']
+           'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter', 'relabel_ef', 'phantom_dataset',
+           'phantom_learnability', 'lvfm_adherence', 'results_table', 'flat_metrics']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
 def midplanes(in_planes: int, out_planes: int, t: int = 3, d: int = 3) -> int:
@@ -197,6 +197,20 @@ def ef_scatter(ax, pred: pd.DataFrame, metrics: dict, title: str = ""):
     ax.set_xlabel("reference EF (%)"); ax.set_ylabel("predicted EF (%)")
     ax.set_title(f"{title}\nR² {metrics['r2']:.2f}  MAE {metrics['mae']:.1f}  RMSE {metrics['rmse']:.1f}", fontsize=9)
     return ax
+
+# %% ../nbs/50_ef.ipynb #8c2694df
+def relabel_ef(source, regressor: EFRegressor, *, clips="all") -> EchoSource:
+    "`source` (an EchoSource or a dataset folder) with EF replaced by `regressor`'s reading of each video; the old EF kept in `EF_requested`."
+    src = read_echonet(source, require_ef=False) if isinstance(source, (str, Path)) else source
+    if not isinstance(src, EchoSource): raise ValueError(f"source must be an EchoSource or a dataset folder, got {type(src).__name__}")
+    if not len(src): raise ValueError(f"{src.root}: no videos to relabel")
+    pred = predict_ef(regressor, src, clips=clips)
+    read = dict(zip(pred.name, pred.ef_pred))
+    missing = [n for n in src.table.FileName if n not in read]
+    if missing: raise ValueError(f"{src.root}: no prediction for {len(missing)} video(s), e.g. {missing[:3]}")
+    new = src.subset(np.ones(len(src), bool))
+    new.table = new.table.assign(EF_requested=src.table.EF.to_numpy(), EF=src.table.FileName.map(read).clip(0.1, 99.9).to_numpy())
+    return new
 
 # %% ../nbs/50_ef.ipynb #d917022e
 def phantom_dataset(folder, cfg: dict, seed: int | None = None) -> Path:

@@ -26,6 +26,7 @@ METRIC_SOURCES = {
     "lvfm.onestep_speedup": [("lvfm", "onestep_speedup")],
     "ef.r2_real": [("ef", "r2_real")], "ef.r2_synthetic": [("ef", "r2_synthetic")], "ef.r2_mixed": [("ef", "r2_mixed")],
     "ef.mae_synthetic": [("ef", "mae_synthetic")],
+    "ef.r2_relabelled": [("ef", "r2_relabelled")],
     "realism.c2st_accuracy": [("ef", "c2st_accuracy"), ("synth", "c2st_accuracy")],
 }
 STAGE_ORDER = ("data", "vae", "latents", "lifm", "reid", "lvfm", "synth", "ef")

@@ -1,0 +1,119 @@
+"""Verification AUC and copy catching of the ReID encoder under changed training settings, on a finished run's latents.
+
+Trains one encoder per setting on the run's TRAIN latent frames (everything else as `train_reid` with the preset's
+`reid` section), measures frame-level and video-level same-vs-different-patient AUC on the VAL and TEST patients,
+builds the privacy filter (threshold calibrated on VAL) and plants 500 copies of TRAIN frames of each perturbation
+type among TEST frames (no A-VAE round trip here, to keep it fast). Prints one row per setting: the table in
+`40_privacy`. About 1.5-3 min per setting at `small` on one thread (width 64 and 16 views: 9-10 min; 3000 steps: 6 min).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/reid_sweep.py runs/small [--preset small] [--settings preset,no_shift,...]
+
+Settings: preset, steps_750, steps_3000, width_64, views_16, temperature_0.2, dim_128_t_0.05, weight_decay_0.05, affine,
+no_shift, no_shift_no_blur, no_shift_no_blur_tta (the previous one's encoder with embeddings averaged over +-1 px shifts).
+"""
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from echoflow.core import load_preset, seed_everything
+from echoflow.privacy import (PatientBatches, PrivacyFilter, ReIDEncoder, audit, embed, pair_similarities, read_latent_cache,
+                              reid_loss_fn, roc_auc, shift_latents)
+from echoflow.train import fit, fit_options
+
+SETTINGS = {   # name -> changes from the preset: reid keys, or batch / optimiser options
+    "preset": {}, "steps_750": {"steps": 750}, "steps_3000": {"steps": 3000}, "width_64": {"width": 64},
+    "views_16": {"views": 16, "batch_size": 256}, "temperature_0.2": {"temperature": 0.2},
+    "dim_128_t_0.05": {"embed_dim": 128, "temperature": 0.05}, "weight_decay_0.05": {"weight_decay": 0.05},
+    "affine": {"affine": (4.0, 0.05, 1.0)}, "no_shift": {"max_shift": 0}, "no_shift_no_blur": {"max_shift": 0, "blur": 0.0},
+    "no_shift_no_blur_tta": {"max_shift": 0, "blur": 0.0, "tta": 1},
+}
+
+
+class AffineBatches:
+    "Batches of `PatientBatches` with a random rotation (+-deg), scale (+-frac) and translation (+-px) per frame."
+    def __init__(self, batches, deg: float, scale: float, px: float): self.batches, self.deg, self.scale, self.px = batches, deg, scale, px
+    def __len__(self): return len(self.batches)
+    def __iter__(self):
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31 - 1, ()).item()))
+        for batch in self.batches:
+            x = batch["latents"]; n = len(x)
+            ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(self.deg)
+            sc = 1 + (torch.rand(n, generator=g) * 2 - 1) * self.scale
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0] = torch.cos(ang) / sc; theta[:, 0, 1] = -torch.sin(ang) / sc
+            theta[:, 1, 0] = torch.sin(ang) / sc; theta[:, 1, 1] = torch.cos(ang) / sc
+            theta[:, :, 2] = (torch.rand(n, 2, generator=g) * 2 - 1) * self.px * 2 / x.shape[-1]
+            grid = F.affine_grid(theta, x.shape, align_corners=False)
+            yield batch | {"latents": F.grid_sample(x, grid, padding_mode="border", align_corners=False)}
+
+
+class ShiftAveraged(nn.Module):
+    "An encoder whose embedding is the normalised mean over every shift of the input by up to `radius` latent pixels."
+    def __init__(self, encoder: ReIDEncoder, radius: int = 1):
+        super().__init__(); self.encoder, self.radius, self.config = encoder, radius, encoder.config
+    def forward(self, x):
+        r = self.radius
+        z = torch.stack([self.encoder(shift_latents(x, dy, dx)) for dy in range(-r, r + 1) for dx in range(-r, r + 1)])
+        return F.normalize(z.mean(0), dim=1)
+
+
+def train(splits: dict, cfg: dict, change: dict, seed: int = 0) -> ReIDEncoder:
+    r = cfg["reid"] | {k: v for k, v in change.items() if k in cfg["reid"]}
+    seed_everything(seed)
+    enc = ReIDEncoder(in_channels=splits["TRAIN"].latent_shape[0], embed_dim=r["embed_dim"], widths=(r["width"], 2 * r["width"]))
+    batches = PatientBatches(splits["TRAIN"], batch_size=r["batch_size"], views=change.get("views", 8),
+                             max_shift=change.get("max_shift", 1), blur=change.get("blur", 1.0))
+    if "affine" in change: batches = AffineBatches(batches, *change["affine"])
+    res = fit(enc, reid_loss_fn(r["temperature"], 0.5), batches, steps=r["steps"], lr=r["lr"], progress=False, seed=seed,
+              warmup=min(100, r["steps"] // 10), schedule="cosine", weight_decay=change.get("weight_decay", 0.0), **fit_options(cfg))
+    return res.ema.eval()
+
+
+def measure(model: nn.Module, splits: dict, n_planted: int = 500) -> dict:
+    out = {}
+    for name in ("VAL", "TEST"):
+        e = splits[name].per_video(16)
+        emb = embed(model, e.frames)
+        out[name] = roc_auc(*pair_similarities(emb, e.patient, e.video))
+        per_video = F.normalize(torch.zeros(len(e.video_names), emb.shape[1]).index_add_(0, e.video, emb), dim=1)
+        patient_of_video = torch.zeros(len(e.video_names), dtype=torch.long).index_put_((e.video,), e.patient)
+        out[name + "_video"] = roc_auc(*pair_similarities(per_video, patient_of_video))
+    filt = PrivacyFilter.build(model, splits["TRAIN"], splits["VAL"], percentile=95.0)
+    rep = audit(filt, splits["TRAIN"], splits["TEST"], splits["TEST"], vae=None, n_planted=n_planted)
+    return out | {"caught": rep["planted_caught_by_type"], "false_reject": rep["false_reject"], "threshold": filt.threshold}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="a run folder with a latents/ stage output")
+    ap.add_argument("--preset", default="small"); ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--threads", type=int, default=1); ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    names = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown: raise SystemExit(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
+    if not (args.run/"latents").exists(): raise SystemExit(f"{args.run/'latents'}: missing; run the pipeline up to the latents stage first")
+    cfg = load_preset(args.preset)
+    splits = read_latent_cache(args.run/"latents")
+    print(f"{'setting':>22} {'AUC VAL':>8} {'TEST':>6} {'video VAL':>9} {'TEST':>6} {'exact':>6} {'noise':>6} {'shift':>6} {'gain':>6} "
+          f"{'false rej':>9} {'s':>5}")
+    trained = {}
+    for name in names:
+        change, t0 = SETTINGS[name], time.time()
+        key = tuple(sorted((k, v) for k, v in change.items() if k != "tta"))
+        if key not in trained: trained[key] = train(splits, cfg, change, args.seed)
+        model = ShiftAveraged(trained[key], change["tta"]) if change.get("tta") else trained[key]
+        m = measure(model, splits)
+        c = m["caught"]
+        print(f"{name:>22} {m['VAL']:8.3f} {m['TEST']:6.3f} {m['VAL_video']:9.3f} {m['TEST_video']:6.3f} {c['exact']:6.3f} {c['noise']:6.3f} "
+              f"{c['shift']:6.3f} {c['gain']:6.3f} {m['false_reject']:9.4f} {time.time() - t0:5.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
