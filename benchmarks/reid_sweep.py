@@ -4,12 +4,14 @@ Trains one encoder per setting on the run's TRAIN latent frames (everything else
 `reid` section), measures frame-level and video-level same-vs-different-patient AUC on the VAL and TEST patients,
 builds the privacy filter (threshold calibrated on VAL) and plants 500 copies of TRAIN frames of each perturbation
 type among TEST frames (no A-VAE round trip here, to keep it fast). Prints one row per setting: the table in
-`40_privacy`. About 1.5-3 min per setting at `small` on one thread (width 64 and 16 views: 9-10 min; 3000 steps: 6 min).
+`40_privacy`. At `small` on one thread, two sweeps side by side: 1.5-4.5 min per setting (16 views 6 min, 3000 steps
+8.5 min, width 64 9.5 min).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/reid_sweep.py runs/small [--preset small] [--settings preset,no_shift,...]
 
-Settings: preset, steps_750, steps_3000, width_64, views_16, temperature_0.2, dim_128_t_0.05, weight_decay_0.05, affine,
-no_shift, no_shift_no_blur, no_shift_no_blur_tta (the previous one's encoder with embeddings averaged over +-1 px shifts).
+Settings (every row of the 40_privacy table): preset, steps_750, steps_3000, width_64, views_16, temperature_0.2,
+dim_128_t_0.05, weight_decay_0.05, affine, no_shift, no_shift_no_blur, no_shift_no_blur_tta (the previous one's encoder
+with embeddings averaged over +-1 px shifts).
 """
 import argparse
 import math
