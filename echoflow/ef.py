@@ -26,7 +26,7 @@ from .train import FitResult, fit, fit_options
 # %% auto #0
 __all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'train_ef_regressor',
            'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter', 'relabel_ef', 'phantom_dataset',
-           'phantom_learnability', 'lvfm_adherence', 'results_table', 'flat_metrics']
+           'phantom_learnability', 'lvfm_adherence', 'results_table', 'flat_metrics', 'temporal_roughness']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
 def midplanes(in_planes: int, out_planes: int, t: int = 3, d: int = 3) -> int:
@@ -292,3 +292,12 @@ def flat_metrics(metrics: dict) -> dict:
             base, _, tail = k.partition("_")
             out[f"{base}_{name}" + (f"_{tail}" if tail else "")] = float(v)
     return out
+
+# %% ../nbs/50_ef.ipynb #d8ebb16d
+def temporal_roughness(clips: torch.Tensor) -> dict:
+    "Mean |first| and |second| temporal differences of clips (N, 1, T, H, W) and their ratio (sqrt(3) for independent noise per frame)."
+    if clips.ndim != 5 or clips.shape[2] < 3: raise ValueError(f"expected clips (N, C, T >= 3, H, W), got {tuple(clips.shape)}")
+    x = clips.float()
+    d1 = (x[:, :, 1:] - x[:, :, :-1]).abs().mean().item()
+    d2 = (x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]).abs().mean().item()
+    return {"diff": d1, "diff2": d2, "ratio": d2 / d1 if d1 > 0 else float("nan")}
