@@ -295,9 +295,9 @@ def flat_metrics(metrics: dict) -> dict:
 
 # %% ../nbs/50_ef.ipynb #d8ebb16d
 def temporal_roughness(clips: torch.Tensor) -> dict:
-    "Mean |first| and |second| temporal differences of clips (N, 1, T, H, W) and their ratio (sqrt(3) for independent noise per frame)."
+    "Mean |first| and |second| temporal differences of clips (N, 1, T, H, W) and their ratio (sqrt(3) for independent noise per frame, 0 for static clips)."
     if clips.ndim != 5 or clips.shape[2] < 3: raise ValueError(f"expected clips (N, C, T >= 3, H, W), got {tuple(clips.shape)}")
     x = clips.float()
     d1 = (x[:, :, 1:] - x[:, :, :-1]).abs().mean().item()
     d2 = (x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]).abs().mean().item()
-    return {"diff": d1, "diff2": d2, "ratio": d2 / d1 if d1 > 0 else float("nan")}
+    return {"diff": d1, "diff2": d2, "ratio": d2 / d1 if d1 > 0 else 0.0}
