@@ -1,7 +1,7 @@
 """Verification AUC and copy catching of the ReID encoder under changed training settings, on a finished run's latents.
 
-Trains one encoder per setting on the run's TRAIN latent frames (everything else as `train_reid` with the preset's
-`reid` section), measures frame-level and video-level same-vs-different-patient AUC on the VAL and TEST patients,
+Trains one encoder per setting with `train_reid` on the run's TRAIN latent frames (the preset's `reid` section with the
+setting's changes), measures frame-level and video-level same-vs-different-patient AUC on the VAL and TEST patients,
 builds the privacy filter (threshold calibrated on VAL) and plants 500 copies of TRAIN frames of each perturbation
 type among TEST frames (no A-VAE round trip here, to keep it fast). Prints one row per setting: the table in
 `40_privacy`. At `small` on one thread, two sweeps side by side: 1.5-4.5 min per setting (16 views 6 min, 3000 steps
@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echoflow.core import load_preset, seed_everything
+from echoflow.core import load_preset
 from echoflow.privacy import (PatientBatches, PrivacyFilter, ReIDEncoder, audit, embed, pair_similarities, read_latent_cache,
-                              reid_loss_fn, roc_auc, shift_latents)
-from echoflow.train import fit, fit_options
+                              roc_auc, shift_latents, train_reid)
 
 SETTINGS = {   # name -> changes from the preset: reid keys, or batch / optimiser options
     "preset": {}, "steps_750": {"steps": 750}, "steps_3000": {"steps": 3000}, "width_64": {"width": 64},
@@ -65,15 +64,11 @@ class ShiftAveraged(nn.Module):
 
 
 def train(splits: dict, cfg: dict, change: dict, seed: int = 0) -> ReIDEncoder:
-    r = cfg["reid"] | {k: v for k, v in change.items() if k in cfg["reid"]}
-    seed_everything(seed)
-    enc = ReIDEncoder(in_channels=splits["TRAIN"].latent_shape[0], embed_dim=r["embed_dim"], widths=(r["width"], 2 * r["width"]))
-    batches = PatientBatches(splits["TRAIN"], batch_size=r["batch_size"], views=change.get("views", 8),
+    cfg = cfg | {"reid": cfg["reid"] | {k: v for k, v in change.items() if k in cfg["reid"]}}
+    batches = PatientBatches(splits["TRAIN"], batch_size=cfg["reid"]["batch_size"], views=change.get("views", 8),
                              max_shift=change.get("max_shift", 1), blur=change.get("blur", 1.0))
     if "affine" in change: batches = AffineBatches(batches, *change["affine"])
-    res = fit(enc, reid_loss_fn(r["temperature"], 0.5), batches, steps=r["steps"], lr=r["lr"], progress=False, seed=seed,
-              warmup=min(100, r["steps"] // 10), schedule="cosine", weight_decay=change.get("weight_decay", 0.0), **fit_options(cfg))
-    return res.ema.eval()
+    return train_reid(splits["TRAIN"], cfg, seed=seed, weight_decay=change.get("weight_decay", 0.0), batches=batches).ema.eval()
 
 
 def measure(model: nn.Module, splits: dict, n_planted: int = 500) -> dict:

@@ -204,12 +204,9 @@ def relabel_ef(source, regressor: EFRegressor, *, clips="all") -> EchoSource:
     src = read_echonet(source, require_ef=False) if isinstance(source, (str, Path)) else source
     if not isinstance(src, EchoSource): raise ValueError(f"source must be an EchoSource or a dataset folder, got {type(src).__name__}")
     if not len(src): raise ValueError(f"{src.root}: no videos to relabel")
-    pred = predict_ef(regressor, src, clips=clips)
-    read = dict(zip(pred.name, pred.ef_pred))
-    missing = [n for n in src.table.FileName if n not in read]
-    if missing: raise ValueError(f"{src.root}: no prediction for {len(missing)} video(s), e.g. {missing[:3]}")
+    pred = predict_ef(regressor, src, clips=clips)          # one row per video, in the source's order
     new = src.subset(np.ones(len(src), bool))
-    new.table = new.table.assign(EF_requested=src.table.EF.to_numpy(), EF=src.table.FileName.map(read).clip(0.1, 99.9).to_numpy())
+    new.table = new.table.assign(EF_requested=src.table.EF.to_numpy(), EF=pred.ef_pred.clip(0.1, 99.9).to_numpy())
     return new
 
 # %% ../nbs/50_ef.ipynb #d917022e

@@ -343,13 +343,13 @@ def reid_loss_fn(temperature: float = 0.1, copy_weight: float = 0.5):
 
 # %% ../nbs/40_privacy.ipynb #6818365c
 def train_reid(train: LatentFrames, cfg: dict, out_dir=None, progress: bool = False, seed: int = 0,
-               copy_weight: float = 0.5, pool_size: int = 2, views: int = 8, weight_decay: float = 0.0) -> FitResult:
-    "Train a `ReIDEncoder` on the training patients' latent frames with the preset's `reid` section; returns `fit`'s result."
+               copy_weight: float = 0.5, pool_size: int = 2, views: int = 8, weight_decay: float = 0.0, batches=None) -> FitResult:
+    "Train a `ReIDEncoder` on the training patients' latent frames with the preset's `reid` section (`batches`: other `PatientBatches` of `train`); returns `fit`'s result."
     r = cfg["reid"]
     seed_everything(seed)
     encoder = ReIDEncoder(in_channels=train.latent_shape[0], embed_dim=r["embed_dim"], widths=(r["width"], 2 * r["width"]),
                           pool_size=pool_size)
-    batches = PatientBatches(train, batch_size=r["batch_size"], views=views)
+    if batches is None: batches = PatientBatches(train, batch_size=r["batch_size"], views=views)
     opts = fit_options(cfg)
     return fit(encoder, reid_loss_fn(r["temperature"], copy_weight), batches, steps=r["steps"], lr=r["lr"], out_dir=out_dir,
                progress=progress, seed=seed, warmup=min(100, r["steps"] // 10), schedule="cosine", weight_decay=weight_decay, **opts)
