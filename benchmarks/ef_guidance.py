@@ -9,6 +9,8 @@ correlation of asked and measured EF per scale.
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py [--preset default] [--steps 2000] [--scales 1,3,5,8,12]
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ef_guidance.py --objective meanflow --train-guidance 8 --mix 0.75 --scales 1
     ... --objective meanflow --train-guidance 8 --mix 0.75 --scales 1 --flow-ratio 0.5 --meanflow-steps 1,2
+    ... --guidance-ef none,train          # guide away from the null EF, then from the TRAIN mean EF (`lvfm.guidance_ef`)
+    ... --objective meanflow --train-guidance 8 --mix 0.75 --scales 1 --train-guidance-ef train
 """
 import argparse
 import tempfile
@@ -34,6 +36,9 @@ def main():
     ap.add_argument("--mix", type=float, default=0.0, help="MeanFlow: kappa of the guided target")
     ap.add_argument("--flow-ratio", type=float, default=None, help="MeanFlow: share of rows with r = t (default: the preset's)")
     ap.add_argument("--meanflow-steps", default="1", help="MeanFlow: sampling steps to measure, e.g. 1,2")
+    ap.add_argument("--guidance-ef", default="none", help="sampling: EF guided away from, comma-separated ('none': the null EF, "
+                    "'train': the TRAIN clips' mean EF, or a number)")
+    ap.add_argument("--train-guidance-ef", default="none", help="MeanFlow: the reference EF of the guidance trained in ('none', 'train' or a number)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_preset(args.preset); L = cfg["lvfm"]
@@ -43,9 +48,13 @@ def main():
         test_ds = LatentVideos(cache, split="TEST", max_frames=L["frames"], preload=True)
         C, h = train_ds[0]["latents"].shape[0], train_ds[0]["latents"].shape[-1]
         test = clip_batch(test_ds, videos, L["eval_videos"])
+        train_mean = float(train_ds.table.EF.mean())
+        def reference(v): return None if v == "none" else train_mean if v == "train" else float(v)
+        refs = [reference(v) for v in args.guidance_ef.split(",")]
         torch.manual_seed(0)
         meanflow = args.objective == "meanflow"
-        L = L | {"meanflow_guidance": args.train_guidance, "meanflow_guidance_mix": args.mix}
+        L = L | {"meanflow_guidance": args.train_guidance, "meanflow_guidance_mix": args.mix,
+                 "guidance_ef": reference(args.train_guidance_ef)}
         if args.flow_ratio is not None: L = L | {"flow_ratio": args.flow_ratio}
         model = build_lvfm(L, C, h, meanflow=meanflow)
         objective = lvfm_objective(L, args.objective)
@@ -54,18 +63,20 @@ def main():
         res = fit(model, objective, loader, steps=args.steps, lr=L["lr"], warmup=min(100, args.steps // 10), progress=False,
                   **fit_options(cfg))
         print(f"preset {args.preset}: {args.steps} {args.objective} steps (trained guidance {args.train_guidance}, kappa {args.mix}, "
-              f"flow_ratio {L['flow_ratio']}) "
+              f"reference EF {'null' if L['guidance_ef'] is None else round(L['guidance_ef'], 1)}, flow_ratio {L['flow_ratio']}) "
               f"in {time.time() - t0:.0f} s, last loss {res.history[-1]['loss']:.4f}")
         meter = fit_ef_meter(codec, train_ds, videos, n_calibrate=L["eval_videos"], seg_steps=L["seg_steps"])
         asked = torch.linspace(20, 80, len(test["latents"]))
-        print(f"{'scale':>6} {'steps':>5} {'MAE':>6} {'R2':>7} {'corr':>6}  measured range")
+        print(f"{'scale':>6} {'ref EF':>6} {'steps':>5} {'MAE':>6} {'R2':>7} {'corr':>6} {'bias':>6}  measured range")
         sampling = [{"steps": int(n)} for n in args.meanflow_steps.split(",")] if meanflow else \
                    [{"steps": L["sample_steps"], "method": L["sample_method"]}]
         for s in (float(v) for v in args.scales.split(",")):
-            for kw in sampling:
-                a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, cfg_scale=s, **kw)
-                print(f"{s:6.1f} {kw['steps']:5d} {a['mae']:6.2f} {a['r2']:7.3f} {np.corrcoef(asked.numpy(), m.numpy())[0, 1]:6.3f}  "
-                      f"{m.min():.1f}-{m.max():.1f}", flush=True)
+            for ref in refs if s != 1 else [None]:   # at scale 1 there is no guidance to point
+                for kw in sampling:
+                    a, m = ef_adherence(res.ema.eval(), meter, codec, test["latents"][:, :, 0], asked, cfg_scale=s,
+                                        guidance_ef=False if ref is None else ref, **kw)
+                    print(f"{s:6.1f} {'null' if ref is None else f'{ref:.1f}':>6} {kw['steps']:5d} {a['mae']:6.2f} {a['r2']:7.3f} "
+                          f"{np.corrcoef(asked.numpy(), m.numpy())[0, 1]:6.3f} {float((m - asked).mean()):6.2f}  {m.min():.1f}-{m.max():.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if p.stem != "schema")
 
 def _check_value(value, typ: str, where: str):
+    if typ.endswith("?"): return None if value is None else _check_value(value, typ[:-1], where)   # "float?": a float or null
     if typ.startswith("list["):
         if not isinstance(value, list): raise ValueError(f"{where} should be a {typ}, got {type(value).__name__} ({value!r})")
         return [_check_value(v, typ[5:-1], f"{where}[{i}]") for i, v in enumerate(value)]

@@ -233,15 +233,21 @@ def phantom_learnability(preset="default", *, steps: int | None = None, seed: in
 # %% ../nbs/50_ef.ipynb #44c94338
 def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int | None = None,
                    ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
-                   cfg_scale: float | None = None, meanflow_steps: int = 1) -> tuple[dict, dict]:
+                   cfg_scale: float | None = None, meanflow_steps: int = 1, requested=None, anatomy: bool = True,
+                   guidance_ef: float | bool | None = None) -> tuple[dict, dict]:
     """EF adherence of the multi-step and one-step LVFM models, measured by `regressor`: ({ef_mae_multistep, ef_r2_multistep, ...}, {kind: table}).
     `kinds` picks the models; `cfg_scale` overrides the multi-step model's guidance scale (None: the one in its config);
-    `meanflow_steps` > 1 samples the MeanFlow model ('onestep') with that many average-velocity steps."""
+    `meanflow_steps` > 1 samples the MeanFlow model ('onestep') with that many average-velocity steps; `guidance_ef` is
+    `generate`'s (guide away from that EF instead of the null EF; None: the model's own, False: the null EF).
+    `requested`: None asks for EF evenly spaced over `ef_range`; a function of the anatomies' own EF (their source videos')
+    gives the EF to ask for each (e.g. `lambda a: a` asks each anatomy for its own EF). `anatomy=False` generates without
+    an anatomy frame. With anatomies whose EF is known, `ef_w_requested_*` / `ef_w_anatomy_*` are the weights of
+    `ef_dependence` (measured EF on requested EF and on the anatomy's own EF)."""
     from diffusers import AutoencoderKL
     from echoflow.core import EchoVideo, to_uint8
     from echoflow.data import LatentVideos
     from echoflow.lvfm import generate, load_lvfm
-    from echoflow.metrics import ef_adherence
+    from echoflow.metrics import ef_adherence, ef_dependence
     from echoflow.synth import synthetic_fps
     from echoflow.vae import decode_video
     V = cfg["lvfm"]
@@ -253,14 +259,23 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     models = {k: load_lvfm(Path(lvfm_dir)/folders[k]) for k in kinds}
     T = min(m.config.max_frames for m in models.values())
     test = LatentVideos(latents_dir, split="TEST", max_frames=T)
-    anatomies = torch.stack([test[i % len(test)]["latents"][:, 0] for i in range(n)])          # (n, C, h, w), standardised
+    source = [i % len(test) for i in range(n)]
+    anatomies = torch.stack([test[i]["latents"][:, 0] for i in source]) if anatomy else None   # (n, C, h, w), standardised
+    anatomy_ef = test.table.EF.to_numpy(float)[source]
     fps = synthetic_fps(test.table, T)
-    requested = np.linspace(*ef_range, n)
+    if requested is None: requested = np.linspace(*ef_range, n)
+    elif callable(requested):
+        if not np.isfinite(anatomy_ef).all(): raise ValueError(f"{latents_dir}: requested is a function of the anatomies' EF, but some TEST videos have no EF")
+        requested = np.asarray(requested(anatomy_ef.copy()), float).reshape(-1)
+        if requested.shape != (n,): raise ValueError(f"requested: the function must return {n} values (one per anatomy), got {requested.shape[0]}")
+    else: raise ValueError(f"requested must be None (a grid over ef_range) or a function of the anatomies' EF, got {type(requested).__name__}")
     out, tables = {}, {}
     for kind, model in models.items():
         kw = {"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep" else {"steps": meanflow_steps}
+        if guidance_ef is not None: kw["guidance_ef"] = guidance_ef
         g = torch.Generator().manual_seed(seed)
-        z = torch.cat([generate(model, requested[i:i + 8].tolist(), anatomy=anatomies[i:i + 8], generator=g, **kw) for i in range(0, n, 8)])
+        z = torch.cat([generate(model, requested[i:i + 8].tolist(), anatomy=None if anatomies is None else anatomies[i:i + 8],
+                                num_frames=T, generator=g, **kw) for i in range(0, n, 8)])
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)
         videos = [EchoVideo(name=f"{kind}_{i:04d}", frames=to_uint8(pixels[i]), fps=fps, ef=float(requested[i]),
                             patient_id=f"{kind}_{i:04d}", split="TEST") for i in range(n)]
@@ -269,7 +284,13 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
         a = ef_adherence(pred.ef.to_numpy(), pred.ef_pred.to_numpy(), n_boot=1000, seed=seed)
         out |= {f"ef_mae_{kind}": a["mae"], f"ef_r2_{kind}": a["r2"], f"ef_rmse_{kind}": a["rmse"], f"ef_bias_{kind}": a["bias"],
                 f"ef_slope_{kind}": a["slope"], f"ef_mae_{kind}_lo": a["mae_lo"], f"ef_mae_{kind}_hi": a["mae_hi"]}
-        tables[kind] = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred})
+        order = [int(name.rsplit("_", 1)[1]) for name in pred.name]                              # the reader's order -> ours
+        tables[kind] = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred, "anatomy_ef": anatomy_ef[order]})
+        if anatomy and np.isfinite(anatomy_ef).all():
+            try:
+                d = ef_dependence(pred.ef.to_numpy(), pred.ef_pred.to_numpy(), anatomy_ef[order])
+                out |= {f"ef_w_requested_{kind}": d["requested"], f"ef_w_anatomy_{kind}": d["anatomy"]}
+            except ValueError: pass      # under 4 videos, or requests collinear with the anatomies' EF: the weights are not separable
     return out, tables
 
 # %% ../nbs/50_ef.ipynb #64561d59

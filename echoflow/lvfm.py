@@ -178,7 +178,8 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16, patch_size: int = 2,
                  hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False,
-                 reference: bool = True, ef_scale: float = 10.0, guidance_scale: float = 1.0):
+                 reference: bool = True, ef_scale: float = 10.0, guidance_scale: float = 1.0,
+                 guidance_ef: float | None = None):
         super().__init__()
         if sample_size % patch_size: raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
         C, p, D = latent_channels, patch_size, hidden_size
@@ -221,7 +222,7 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16,
                  block_out_channels: tuple = (64, 128), layers_per_block: int = 1, heads: tuple = (2, 4),
                  ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True,
-                 ef_scale: float = 10.0, guidance_scale: float = 1.0):
+                 ef_scale: float = 10.0, guidance_scale: float = 1.0, guidance_ef: float | None = None):
         super().__init__()
         n, C = len(block_out_channels), latent_channels
         if any(c % 32 for c in block_out_channels): raise ValueError(f"block_out_channels {block_out_channels} must be multiples of 32 (diffusers' group norm)")
@@ -250,11 +251,11 @@ BACKBONES = {"transformer": SpaceTimeTransformer, "unet": SpatioTemporalUNet}
 def build_lvfm(lvfm_cfg: dict, latent_channels: int, sample_size: int, meanflow: bool = False,
                backbone: str | None = None) -> ModelMixin:
     """A fresh LVFM network from a preset's `lvfm` section (`hidden_size`, `depth`, `heads`, `patch_size`, `frames`, `backbone`,
-    `cfg_scale`). A MeanFlow model trained with guidance built in (`meanflow_guidance` > 1) samples unguided: one call per step."""
+    `cfg_scale`, `guidance_ef`). A MeanFlow model trained with guidance built in (`meanflow_guidance` > 1) samples unguided: one call per step."""
     backbone = backbone or lvfm_cfg["backbone"]
     trained_guided = meanflow and float(lvfm_cfg.get("meanflow_guidance", 1.0)) != 1
     common = dict(latent_channels=latent_channels, sample_size=sample_size, max_frames=lvfm_cfg["frames"], meanflow=meanflow,
-                  guidance_scale=1.0 if trained_guided else float(lvfm_cfg.get("cfg_scale", 1.0)))
+                  guidance_scale=1.0 if trained_guided else float(lvfm_cfg.get("cfg_scale", 1.0)), guidance_ef=lvfm_cfg.get("guidance_ef"))
     if backbone == "transformer":
         return SpaceTimeTransformer(**common, patch_size=lvfm_cfg["patch_size"], hidden_size=lvfm_cfg["hidden_size"],
                                     depth=lvfm_cfg["depth"], heads=lvfm_cfg["heads"])
@@ -299,19 +300,22 @@ class LVFMObjective:
     def __init__(self, objective: str = "flow", ef_dropout: float = 0.1, flow_ratio: float = 0.75, jvp: str = "autograd",
                  p_none: float = 0.1, p_single: float = 0.6, p_short: float = 0.0, min_frames: int = 4,
                  time_mean: float | None = None, time_std: float | None = None, adaptive_p: float = 1.0, fd_eps: float = 1e-4,
-                 guidance: float = 1.0, guidance_mix: float = 0.0):
+                 guidance: float = 1.0, guidance_mix: float = 0.0, guidance_ef: float | None = None):
         if objective not in ("flow", "meanflow"): raise ValueError(f"objective must be 'flow' or 'meanflow', got {objective!r}")
         if not 0 <= ef_dropout <= 1: raise ValueError(f"ef_dropout must be in [0, 1], got {ef_dropout}")
         if not (math.isfinite(guidance) and guidance >= 1 and 0 <= guidance_mix < 1):
             raise ValueError(f"guidance must be >= 1 and guidance_mix in [0, 1), got {guidance} and {guidance_mix}")
         if guidance != 1 and objective != "meanflow": raise ValueError("guidance: training-time guidance is for the 'meanflow' objective")
-        if guidance != 1 and ef_dropout == 0: raise ValueError("guidance: needs ef_dropout > 0 (the unconditional field is learnt from dropped EF)")
+        if guidance != 1 and ef_dropout == 0 and guidance_ef is None:
+            raise ValueError("guidance: needs ef_dropout > 0 (the unconditional field is learnt from dropped EF) or a guidance_ef")
+        if guidance_ef is not None and not (math.isfinite(guidance_ef) and 0 <= guidance_ef <= 100):
+            raise ValueError(f"guidance_ef: expected an EF in [0, 100] (%), got {guidance_ef!r}")
         sample_observed_mask(torch.zeros(1, 1, dtype=torch.bool), p_none, p_single)   # validates the probabilities
         truncate_clips(torch.zeros(1, 1, dtype=torch.bool), p_short, min_frames)
         self.objective, self.ef_dropout, self.flow_ratio, self.jvp = objective, ef_dropout, flow_ratio, jvp
         self.p_none, self.p_single, self.p_short, self.min_frames = p_none, p_single, p_short, min_frames
         self.time_mean, self.time_std, self.adaptive_p, self.fd_eps = time_mean, time_std, adaptive_p, fd_eps
-        self.guidance, self.guidance_mix = guidance, guidance_mix
+        self.guidance, self.guidance_mix, self.guidance_ef = guidance, guidance_mix, guidance_ef
 
     def inputs(self, batch: dict) -> dict:
         "Clean latents, the training pad mask, random observed frames, the condition and EF (with dropout) for one batch."
@@ -339,9 +343,11 @@ class LVFMObjective:
         if self.guidance != 1:
             k = self.guidance_mix
             w = self.guidance * (1 - k)   # MeanFlow's w = w' (1 - kappa): the field learnt is guided at scale w'
-            def guided(z, t, v, cond, ef, ef_null):   # w v + k u(z, t, t | EF) + (1 - w - k) u(z, t, t | no EF); v where EF was dropped
+            def guided(z, t, v, cond, ef, ef_null):   # w v + k u(z, t, t | EF) + (1 - w - k) u(z, t, t | no EF or reference EF); v where EF was dropped
                 zero = torch.zeros_like(t)
-                field = w * v + (1 - w - k) * model(z, t, cond, ef, interval=zero, ef_null=torch.ones_like(ef_null))
+                if self.guidance_ef is None: away = model(z, t, cond, ef, interval=zero, ef_null=torch.ones_like(ef_null))
+                else: away = model(z, t, cond, torch.full_like(ef, self.guidance_ef / 100), interval=zero, ef_null=torch.zeros_like(ef_null))
+                field = w * v + (1 - w - k) * away
                 if k: field = field + k * model(z, t, cond, ef, interval=zero, ef_null=ef_null)
                 return torch.where(ef_null.reshape(-1, *[1] * (v.ndim - 1)), v, field)
         times = {k: v for k, v in (("time_mean", self.time_mean), ("time_std", self.time_std)) if v is not None}
@@ -353,7 +359,8 @@ class LVFMObjective:
 def lvfm_objective(lvfm_cfg: dict, objective: str) -> LVFMObjective:
     "The objective a preset's `lvfm` section trains with: flow matching, or MeanFlow with its training-time EF guidance."
     L = lvfm_cfg
-    guided = {"guidance": L["meanflow_guidance"], "guidance_mix": L["meanflow_guidance_mix"]} if objective == "meanflow" else {}
+    guided = ({"guidance": L["meanflow_guidance"], "guidance_mix": L["meanflow_guidance_mix"], "guidance_ef": L.get("guidance_ef")}
+              if objective == "meanflow" and L["meanflow_guidance"] != 1 else {})
     return LVFMObjective(objective, ef_dropout=L["ef_dropout"], flow_ratio=L["flow_ratio"], jvp=L["jvp"], p_short=L["p_short"], **guided)
 
 # %% ../nbs/31_lvfm.ipynb #d738f006
@@ -375,10 +382,19 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
              observed_mask: Tensor | None = None, num_frames: int | None = None, steps: int | None = None,
              method: str = "midpoint", cfg_scale: float | None = None, anatomy_frame: int = 0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
-             return_intermediates: bool = False):
-    "Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first."
+             return_intermediates: bool = False, guidance_ef: float | bool | None = None):
+    """Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first.
+    `guidance_ef` (%): guide away from the velocity at this EF instead of the null EF's; None: the model's own
+    (`config.guidance_ef`, classifier-free guidance if unset); False: classifier-free guidance whatever the model's."""
     cfg = model.config
     cfg_scale = guidance_of(model, cfg_scale)
+    if guidance_ef is None:   # the model's reference EF is dropped at scale 0, where it would replace the request
+        guidance_ef = getattr(cfg, "guidance_ef", None) if cfg_scale != 0 else None
+    elif guidance_ef is False: guidance_ef = None
+    if guidance_ef is not None:
+        if isinstance(guidance_ef, bool) or not (isinstance(guidance_ef, (int, float)) and math.isfinite(guidance_ef) and 0 <= guidance_ef <= 100):
+            raise ValueError(f"guidance_ef: expected an EF in [0, 100] (%), got {guidance_ef!r}")
+        if cfg_scale == 0: raise ValueError("guidance_ef needs cfg_scale > 0 (at 0 the request would be ignored for the reference EF)")
     meanflow, C, T_max = bool(cfg.meanflow), cfg.latent_channels, cfg.max_frames
     device = next(model.parameters()).device
     if anatomy is not None and observed is not None: raise ValueError("give anatomy or observed frames, not both")
@@ -415,19 +431,20 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
     elif noise.shape != (B, C, T_run, h, w): raise ValueError(f"noise: expected shape {(B, C, T_run, h, w)}, got {tuple(noise.shape)}")
     x_0, ef = noise.to(device), ef / 100
     keep = torch.zeros(B, dtype=torch.bool, device=device)
+    ef_ref = ef if guidance_ef is None else torch.full_like(ef, guidance_ef / 100)   # the EF of the field guided away from
     if meanflow:
-        def u_fn(z, r, t, ef_null): return model(z, t, cond, ef, interval=r - t, ef_null=ef_null)
+        def u_fn(z, r, t, ef_null, e=ef): return model(z, t, cond, e, interval=r - t, ef_null=ef_null)
         def fn(z, r, t, ef_null):
             u = u_fn(z, r, t, ef_null)
             if cfg_scale == 1: return u
-            u_null = u_fn(z, r, t, torch.ones_like(ef_null))
+            u_null = u_fn(z, r, t, torch.ones_like(ef_null)) if guidance_ef is None else u_fn(z, r, t, ef_null, ef_ref)
             return u_null + cfg_scale * (u - u_null)
         out = meanflow_sample(fn, x_0, steps=steps, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     else:
-        def v_fn(z, t, ef_null):   # guided: the EF and null halves arrive stacked, one call of batch 2B
+        def v_fn(z, t, ef_null):   # guided: the EF and null (or reference-EF) halves arrive stacked, one call of batch 2B
             k = len(z) // B
-            return model(z, t, cond if k == 1 else cond.repeat(k, 1, 1, 1, 1), ef if k == 1 else ef.repeat(k), ef_null=ef_null)
-        fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": True}, cfg_scale, batched=True)
+            return model(z, t, cond if k == 1 else cond.repeat(k, 1, 1, 1, 1), ef if k == 1 else torch.cat([ef, ef_ref]), ef_null=ef_null)
+        fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": guidance_ef is None}, cfg_scale, batched=True)
         out = sample_ode(fn, x_0, steps=steps, method=method, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     if return_intermediates: return out[0][:, :, :T], out[1][:, :, :, :T]
     return out[:, :, :T]

@@ -24,7 +24,7 @@ from .train import fit
 # %% auto #0
 __all__ = ['r2_score', 'bootstrap_ci', 'regression_metrics', 'frechet_from_stats', 'feature_stats', 'frechet_distance',
            'nn_precision_recall', 'VideoClassifier', 'as_video_tensor', 'best_threshold', 'c2st', 'video_features',
-           'frechet_video_distance', 'frechet_subsets', 'ef_adherence']
+           'frechet_video_distance', 'frechet_subsets', 'ef_adherence', 'ef_dependence']
 
 # %% ../nbs/51_metrics.ipynb #9200a198
 def _as_1d(x, name: str) -> np.ndarray:
@@ -264,3 +264,18 @@ def ef_adherence(requested_ef, measured_ef, n_boot: int = 0, seed: int = 0) -> d
     out.update(bias=float((meas - req).mean()), slope=float(slope), intercept=float(intercept),
                pearson_r=float(r) if np.ptp(meas) > 0 else 0.0)
     return out
+
+# %% ../nbs/51_metrics.ipynb #b2c4d6e8
+def ef_dependence(requested_ef, measured_ef, anatomy_ef) -> dict:
+    "Least-squares fit measured = intercept + requested * w_req + anatomy * w_anat: how far generated EF follows the request and how far the anatomy's own EF (keys intercept, requested, anatomy, r2, n)."
+    req, meas = _pair(requested_ef, measured_ef, ("requested_ef", "measured_ef"))
+    anat, _ = _pair(anatomy_ef, meas, ("anatomy_ef", "measured_ef"))
+    if len(req) < 4: raise ValueError(f"requested_ef: need at least 4 videos to fit two weights and an intercept, got {len(req)}")
+    X = np.c_[np.ones(len(req)), req, anat]
+    if np.linalg.matrix_rank(X) < 3:
+        raise ValueError("requested_ef and anatomy_ef must each vary and not be collinear (the two weights cannot be told apart)")
+    coef = np.linalg.lstsq(X, meas, rcond=None)[0]
+    ss = float(((meas - meas.mean()) ** 2).sum())
+    r2 = 1 - float(((meas - X @ coef) ** 2).sum()) / ss if ss > 0 else 0.0
+    return {"intercept": float(coef[0]), "requested": float(coef[1]), "anatomy": float(coef[2]), "r2": r2, "n": len(req)}
+

@@ -245,6 +245,7 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
     for kind in ("multistep", "onestep"):
         assert np.isfinite(out[f"ef_mae_{kind}"]) and np.isfinite(out[f"ef_r2_{kind}"])
         assert tables[kind].requested_ef.tolist() == pytest.approx([20, 35, 50, 65, 80])
+        assert tables[kind].anatomy_ef.notna().all()
     with pytest.raises(ValueError, match="n_videos"): lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=1)
     with pytest.raises(ValueError, match="kinds"): lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, kinds=("fast",))
     # one model at a time, with its guidance scale or MeanFlow steps overridden: the setting reaches every sampling call
@@ -258,3 +259,19 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
     seen.clear()
     lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",), meanflow_steps=2)
     assert seen == [(None, 2)]
+    # requests made from each anatomy's own EF, and generation without an anatomy frame
+    anatomies = []
+    def spy_anatomy(model, ef, **kw):
+        anatomies.append(kw.get("anatomy")); return generate(model, ef, **kw)
+    monkeypatch.setattr(lvfm_mod, "generate", spy_anatomy)
+    out, tables = lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",),
+                                 requested=lambda a: a - 10 + np.arange(len(a)))      # the tiny set may have one TEST video: vary
+    t = tables["onestep"]
+    assert t.requested_ef.to_numpy() == pytest.approx(t.anatomy_ef.to_numpy() - 10 + np.arange(5), abs=1e-3)
+    assert anatomies[-1] is not None
+    lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",), anatomy=False)
+    assert anatomies[-1] is None
+    with pytest.raises(ValueError, match="5 values"):
+        lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=lambda a: a[:2])
+    with pytest.raises(ValueError, match="requested must be"):
+        lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=[30, 40])

@@ -240,6 +240,46 @@ def test_meanflow_training_guidance_target():
     assert all(p.grad is not None for n, p in net.named_parameters() if "null" not in n)
 
 
+def test_meanflow_training_guidance_against_a_reference_ef():
+    "with guidance_ef the guided target pushes away from u(z, t, t | reference EF) instead of the null EF's"
+    net = _perturb(tiny(meanflow=True)).train()
+    b = batch()
+    kw = dict(flow_ratio=1.0, adaptive_p=0.0, ef_dropout=0.1, guidance=4.0, guidance_mix=0.5)
+    def loss(obj):
+        torch.manual_seed(0)
+        return obj(net, b)[0]
+    null, ref = loss(LVFMObjective("meanflow", **kw)), loss(LVFMObjective("meanflow", guidance_ef=55.0, **kw))
+    assert abs(ref.item() - null.item()) > 1e-5
+    obj = LVFMObjective("meanflow", guidance_ef=55.0, **kw)
+    torch.manual_seed(0)
+    inp = obj.inputs(b); x_0 = torch.randn_like(inp["x_1"])
+    from echoflow.flow.meanflow import sample_t_r
+    t, _ = sample_t_r(2, 1.0)
+    tt = t[:, None, None, None, None]; z = (1 - tt) * x_0 + tt * inp["x_1"]; v = inp["x_1"] - x_0
+    with torch.no_grad():
+        zero, keep = torch.zeros_like(t), torch.zeros_like(inp["ef_null"])
+        u_c = net(z, t, inp["cond"], inp["ef"], interval=zero, ef_null=inp["ef_null"])
+        u_ref = net(z, t, inp["cond"], torch.full_like(inp["ef"], 0.55), interval=zero, ef_null=keep)
+    target = torch.where(inp["ef_null"][:, None, None, None, None], v, 2.0 * v + 0.5 * u_c - 1.5 * u_ref)
+    u = net(z, t, inp["cond"], inp["ef"], interval=zero, ef_null=inp["ef_null"])
+    real = frame_channel(~inp["pad_mask"], v)[:, :1, :, :1, :1].expand_as(v).float()
+    err = ((u - target).pow(2) * real).flatten(1).sum(1) / real.flatten(1).sum(1)
+    torch.testing.assert_close(ref, err.mean(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="guidance_ef"): LVFMObjective("meanflow", guidance=3.0, guidance_ef=130.0)
+    LVFMObjective("meanflow", guidance=3.0, ef_dropout=0.0, guidance_ef=50.0)   # a reference EF needs no dropped EF
+
+
+def test_preset_guidance_ef_reaches_config_objective_and_saved_model(tmp_path):
+    L = dict(load_preset("smoke", {"lvfm.guidance_ef": 54.4})["lvfm"])
+    from echoflow.lvfm import load_lvfm, lvfm_objective
+    fm = build_lvfm(L, 4, 8)
+    assert fm.config.guidance_ef == 54.4 and lvfm_objective(L, "meanflow").guidance_ef == 54.4
+    fm.save_pretrained(tmp_path/"m")
+    assert load_lvfm(tmp_path/"m").config.guidance_ef == 54.4
+    assert build_lvfm(dict(load_preset("smoke")["lvfm"]), 4, 8).config.guidance_ef is None
+    assert lvfm_objective(L | {"meanflow_guidance": 1.0}, "meanflow").guidance_ef is None   # no guidance trained in: nothing to point
+
+
 def test_training_guidance_arguments_and_unguided_sampling():
     with pytest.raises(ValueError, match="meanflow"): LVFMObjective("flow", guidance=3.0)
     with pytest.raises(ValueError, match="guidance"): LVFMObjective("meanflow", guidance=0.5)
