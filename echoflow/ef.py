@@ -272,10 +272,9 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     out, tables = {}, {}
     for kind, model in models.items():
         kw = {"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep" else {"steps": meanflow_steps}
-        if guidance_ef is not None: kw["guidance_ef"] = guidance_ef
         g = torch.Generator().manual_seed(seed)
         z = torch.cat([generate(model, requested[i:i + 8].tolist(), anatomy=None if anatomies is None else anatomies[i:i + 8],
-                                num_frames=T, generator=g, **kw) for i in range(0, n, 8)])
+                                num_frames=T, generator=g, guidance_ef=guidance_ef, **kw) for i in range(0, n, 8)])
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)
         videos = [EchoVideo(name=f"{kind}_{i:04d}", frames=to_uint8(pixels[i]), fps=fps, ef=float(requested[i]),
                             patient_id=f"{kind}_{i:04d}", split="TEST") for i in range(n)]
