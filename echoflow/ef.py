@@ -24,9 +24,10 @@ from .metrics import regression_metrics
 from .train import FitResult, fit, fit_options
 
 # %% auto #0
-__all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'train_ef_regressor',
-           'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter', 'relabel_ef', 'phantom_dataset',
-           'phantom_learnability', 'lvfm_adherence', 'results_table', 'flat_metrics', 'temporal_roughness']
+__all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'ef_sample_weights',
+           'ef_train_loader', 'train_ef_regressor', 'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter',
+           'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'lvfm_adherence', 'adherence_ceiling',
+           'results_table', 'flat_metrics', 'temporal_roughness']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
 def midplanes(in_planes: int, out_planes: int, t: int = 3, d: int = 3) -> int:
@@ -141,9 +142,29 @@ def _as_train_sources(sources) -> list:
     if not out: raise ValueError("no training sources given")
     return out
 
+def ef_sample_weights(ef, balance: float = 1.0, bandwidth: float = 5.0, cap: float = 10.0) -> np.ndarray:
+    "Sampling weight of each video, (kernel density of its EF)^-balance, capped at `cap` x the smallest, mean 1 (`balance` 0: all 1)."
+    ef = np.asarray(ef, dtype=float).reshape(-1)
+    if not len(ef) or not np.isfinite(ef).all(): raise ValueError(f"ef: expected finite EF values, got {len(ef)} with {int((~np.isfinite(ef)).sum())} missing")
+    if not (math.isfinite(balance) and balance >= 0): raise ValueError(f"balance: expected a number >= 0, got {balance!r}")
+    if not (bandwidth > 0 and cap >= 1): raise ValueError(f"bandwidth must be > 0 and cap >= 1, got {bandwidth}, {cap}")
+    density = np.exp(-0.5 * ((ef[:, None] - ef[None, :]) / bandwidth) ** 2).sum(1)
+    w = density ** -balance
+    w = np.minimum(w / w.min(), cap)
+    return w / w.mean()
+
+def ef_train_loader(sources, e: dict, pad_value: float = 0.0) -> torch.utils.data.DataLoader:
+    "Batches of one random clip per TRAIN video of `sources` (`_as_train_sources`' output) under the `ef` section `e`; `e['balance']` > 0 draws by inverse EF density."
+    data = torch.utils.data.ConcatDataset([ef_clips(s, e, train=True, pad_value=pad_value) for s in sources])
+    balance, sampler = float(e.get("balance") or 0.0), None
+    if balance > 0:                                   # each video drawn with weight density(EF)^-balance: the EF ends seen as often as the middle
+        w = ef_sample_weights(np.concatenate([s.table.EF.to_numpy(float) for s in sources]), balance)
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(w), num_samples=len(data), replacement=True)
+    return torch.utils.data.DataLoader(data, batch_size=min(e["batch_size"], len(data)), shuffle=sampler is None, sampler=sampler, drop_last=True)
+
 def train_ef_regressor(sources, cfg: dict, *, out_dir=None, steps: int | None = None, seed: int = 0, progress: bool = False,
                        **fit_kw) -> FitResult:
-    "Train an `EFRegressor` sized by `cfg['ef']` on the TRAIN videos of one or several sources (folders or EchoSources)."
+    "Train an `EFRegressor` sized by `cfg['ef']` on the TRAIN videos of one or several sources (folders or EchoSources); `ef.balance` > 0 samples by inverse EF density."
     e = cfg["ef"]
     sources = _as_train_sources(sources)
     p = _protocol(e)
@@ -153,8 +174,7 @@ def train_ef_regressor(sources, cfg: dict, *, out_dir=None, steps: int | None = 
     seed_everything(seed)
     model = EFRegressor(width=e["width"], frames=p["frames"], period=p["period"], fps=p["fps"], size=p["size"],
                         pixel_mean=mean, pixel_std=std, ef_mean=ef_mean)
-    data = torch.utils.data.ConcatDataset([ef_clips(s, e, train=True, pad_value=mean) for s in sources])
-    loader = torch.utils.data.DataLoader(data, batch_size=min(e["batch_size"], len(data)), shuffle=True, drop_last=True)
+    loader = ef_train_loader(sources, e, pad_value=mean)
     steps = steps or e["steps"]
     kw = fit_options(cfg) | {"weight_decay": 1e-4, "warmup": max(1, steps // 20), "schedule": "cosine"} | fit_kw
     return fit(model, ef_loss, loader, steps=steps, lr=e["lr"], out_dir=out_dir, progress=progress, seed=seed, **kw)
@@ -231,6 +251,17 @@ def phantom_learnability(preset="default", *, steps: int | None = None, seed: in
                 "predictions": pred, "history": res.history}
 
 # %% ../nbs/50_ef.ipynb #44c94338
+def _requested_efs(requested, anatomy_ef: np.ndarray, ef_range: tuple, where) -> np.ndarray:
+    "The EF asked of each of n anatomies: None = a grid over `ef_range`; a function of the anatomies' own EF."
+    n = len(anatomy_ef)
+    if requested is None: return np.linspace(*ef_range, n)
+    if not callable(requested):
+        raise ValueError(f"requested must be None (a grid over ef_range) or a function of the anatomies' EF, got {type(requested).__name__}")
+    if not np.isfinite(anatomy_ef).all(): raise ValueError(f"{where}: requested is a function of the anatomies' EF, but some TEST videos have no EF")
+    out = np.asarray(requested(anatomy_ef.copy()), float).reshape(-1)
+    if out.shape != (n,): raise ValueError(f"requested: the function must return {n} values (one per anatomy), got {out.shape[0]}")
+    return out
+
 def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int | None = None,
                    ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
                    cfg_scale: float | None = None, meanflow_steps: int = 1, requested=None, anatomy: bool = True,
@@ -263,12 +294,7 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     anatomies = torch.stack([test[i]["latents"][:, 0] for i in source]) if anatomy else None   # (n, C, h, w), standardised
     anatomy_ef = test.table.EF.to_numpy(float)[source]
     fps = synthetic_fps(test.table, T)
-    if requested is None: requested = np.linspace(*ef_range, n)
-    elif callable(requested):
-        if not np.isfinite(anatomy_ef).all(): raise ValueError(f"{latents_dir}: requested is a function of the anatomies' EF, but some TEST videos have no EF")
-        requested = np.asarray(requested(anatomy_ef.copy()), float).reshape(-1)
-        if requested.shape != (n,): raise ValueError(f"requested: the function must return {n} values (one per anatomy), got {requested.shape[0]}")
-    else: raise ValueError(f"requested must be None (a grid over ef_range) or a function of the anatomies' EF, got {type(requested).__name__}")
+    requested = _requested_efs(requested, anatomy_ef, ef_range, latents_dir)
     out, tables = {}, {}
     for kind, model in models.items():
         kw = {"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep" else {"steps": meanflow_steps}
@@ -291,6 +317,38 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
                 out |= {f"ef_w_requested_{kind}": d["requested"], f"ef_w_anatomy_{kind}": d["anatomy"]}
             except ValueError: pass      # under 4 videos, or requests collinear with the anatomies' EF: the weights are not separable
     return out, tables
+
+# %% ../nbs/50_ef.ipynb #35e12abc
+def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_videos: int | None = None, ef_range: tuple = (20.0, 80.0),
+                      requested=None) -> tuple[dict, pd.DataFrame]:
+    """`lvfm_adherence`'s protocol (same TEST anatomies, same requests) on the phantom's own videos re-rendered at the requested
+    EF, read by `regressor`: what a perfect generator scores with this instrument. ({ef_mae_ceiling, ef_r2_ceiling, ...}, table).
+    Raises `echoflow.phantom.NotPhantomError` when the TEST videos are not the phantom videos of `cfg['data']`."""
+    from echoflow.data import LatentVideos
+    from echoflow.metrics import ef_adherence, ef_dependence
+    from echoflow.phantom import phantom_counterfactuals
+    n = n_videos or cfg["lvfm"]["eval_videos"]
+    if n < 2: raise ValueError(f"n_videos must be >= 2 (a range of requested EF), got {n}")
+    table = LatentVideos(latents_dir, split="TEST").table
+    if not len(table): raise ValueError(f"{latents_dir}: no TEST videos")
+    rows = table.iloc[[i % len(table) for i in range(n)]]                     # lvfm_adherence's anatomies, in its order
+    anatomy_ef = rows.EF.to_numpy(float)
+    requested = _requested_efs(requested, anatomy_ef, ef_range, latents_dir)
+    videos = phantom_counterfactuals(rows, cfg["data"], requested, names=[f"ceiling_{i:04d}" for i in range(n)])
+    for v in videos: v.split, v.patient_id = "TEST", v.name
+    with tempfile.TemporaryDirectory(prefix="echoflow_ceiling_") as d:
+        pred = predict_ef(regressor, write_echonet(Path(d)/"ceiling", videos, tracings=False), clips="all")
+    order = [int(name.rsplit("_", 1)[1]) for name in pred.name]
+    t = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred, "anatomy_ef": anatomy_ef[order]})
+    a = ef_adherence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), n_boot=0)
+    out = {f"ef_{k}_ceiling": a[k] for k in ("mae", "r2", "rmse", "bias", "slope")}
+    if np.isfinite(anatomy_ef).all():
+        try:
+            dep = ef_dependence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), t.anatomy_ef.to_numpy())
+            out |= {"ef_w_requested_ceiling": dep["requested"], "ef_w_anatomy_ceiling": dep["anatomy"]}
+        except ValueError: pass
+    return out, t
+
 
 # %% ../nbs/50_ef.ipynb #64561d59
 def results_table(metrics: dict) -> pd.DataFrame:

@@ -24,7 +24,7 @@ __all__ = ['PHANTOM_VIEWS', 'EF_DISTRIBUTIONS', 'BEAM_CLASSES', 'BLOOD_CLASSES',
            'EXPORT_FORMATS', 'sample_ef', 'PatientParams', 'sample_patients', 'Acquisition', 'Physiology',
            'sample_acquisition', 'sample_physiology', 'cycle_timing', 'volume_curve', 'patient_atlas', 'log_compress',
            'scan_convert', 'render_videos', 'render_video', 'envelope_snr', 'speckle_correlation', 'split_patients',
-           'phantom_videos', 'export_phantom', 'phantom_stage']
+           'phantom_videos', 'export_phantom', 'NotPhantomError', 'phantom_counterfactuals', 'phantom_stage']
 
 # %% ../nbs/01_phantom.ipynb #b0a97192
 PHANTOM_VIEWS = ("A4C", "A2C", "PSAX")
@@ -182,7 +182,8 @@ def sample_acquisition(patient: PatientParams, rng: np.random.Generator, view: s
 
 def sample_physiology(patient: PatientParams, rng: np.random.Generator, ef: float | None = None, hr: float | None = None) -> Physiology:
     "Draw the heart's state for one video: EF and HR near the patient's unless given."
-    ef_v = float(np.clip(patient.ef + rng.normal(0, 2.5), 5, 90)) if ef is None else float(ef)
+    spread = rng.normal(0, 2.5)     # drawn even when `ef` is given: a video re-rendered at another EF keeps every other draw
+    ef_v = float(np.clip(patient.ef + spread, 5, 90)) if ef is None else float(ef)
     hr_v = float(np.clip(patient.hr + rng.normal(0, 4), 40, 160)) if hr is None else float(hr)
     return Physiology(hr=hr_v, ef=ef_v, e_fraction=float(rng.uniform(0.62, 0.78)), beat_jitter=float(rng.uniform(0.01, 0.03)))
 
@@ -941,6 +942,35 @@ def export_phantom(out_dir, format: str = "echonet", **kwargs) -> Path:
         if bad: raise ValueError(f"views {bad} cannot be written as CAMUS (A4C and A2C only)")
     videos = phantom_videos(**kwargs)
     return {"echonet": write_echonet, "camus": write_camus, "pediatric": write_pediatric}[format](out_dir, videos)
+
+# %% ../nbs/01_phantom.ipynb #b43a8154
+class NotPhantomError(ValueError):
+    "Raised when a dataset row is not a video the given phantom settings render."
+
+def phantom_counterfactuals(table, data_cfg: dict, efs, names=None, labels: bool = False, batch_size: int = 8) -> list[EchoVideo]:
+    """The phantom videos of `table`'s rows (a `FileList.csv` table of a dataset rendered with `data_cfg`, a preset's `data`
+    section) rendered again at EF `efs` (%): same patient, acquisition, heart rate and noise; only the EF differs."""
+    import pandas as pd
+    table = pd.DataFrame(table).reset_index(drop=True)
+    missing = [k for k in ("FileName", "PatientID", "View", "Seed", "EF") if k not in table.columns]
+    if missing: raise NotPhantomError(f"table: no {missing} column(s); phantom_counterfactuals needs a phantom dataset's FileList.csv")
+    efs = [float(e) for e in np.asarray(efs, dtype=float).reshape(-1)]
+    if len(efs) != len(table): raise ValueError(f"efs: expected {len(table)} values (one per row), got {len(efs)}")
+    d = data_cfg
+    pats = {p.patient_id: p for p in sample_patients(int(d["patients"]), int(d["seed"]), d["ef_distribution"], list(d["views"])[0])}
+    patients, views, seeds = [], [], []
+    for row in table.itertuples(index=False):
+        p = pats.get(str(row.PatientID))
+        if p is None: raise NotPhantomError(f"{row.FileName}: patient {row.PatientID} is not one of the phantom's {len(pats)} patients (seed {d['seed']})")
+        view, seed = _check_view(str(row.View), "View"), int(row.Seed)
+        ef = _video_plan(p, view, seed, int(d["frames"]), float(d["fps"]))[1].ef
+        if not abs(ef - float(row.EF)) <= 0.01:
+            raise NotPhantomError(f"{row.FileName}: EF {float(row.EF):.3f} is not the phantom's {ef:.3f} for this patient and seed (not this phantom's video)")
+        patients.append(p); views.append(view); seeds.append(seed)
+    names = list(names) if names is not None else [f"{n}_ef{e:.1f}" for n, e in zip(table.FileName, efs)]
+    return render_videos(patients, int(d["frames"]), int(d["size"]), float(d["fps"]), seeds=seeds, efs=efs, names=names, views=views,
+                         batch_size=batch_size, labels=labels)
+
 
 # %% ../nbs/01_phantom.ipynb #4e361b49
 def phantom_stage(data_cfg: dict, out_dir) -> dict:

@@ -275,3 +275,25 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
         lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=lambda a: a[:2])
     with pytest.raises(ValueError, match="requested must be"):
         lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=[30, 40])
+
+
+def test_balanced_sampling_draws_rare_ef_more_often(tiny_dataset):
+    "ef.balance 1 draws a rare EF about as often as a common one; balance 0 draws it at its share of the videos."
+    from echoflow.ef import _as_train_sources, ef_train_loader
+    src = _as_train_sources([tiny_dataset])[0]
+    n = len(src.table)
+    rare = np.zeros(n, bool); rare[: max(1, n // 6)] = True
+    src.table = src.table.assign(EF=np.where(rare, 30.0, 60.0))
+    e = load_preset("smoke")["ef"] | {"batch_size": 4}
+    share = {}
+    for balance in (0.0, 1.0):
+        torch.manual_seed(0)
+        loader = ef_train_loader([src], e | {"balance": balance})
+        efs = torch.cat([b["ef"] for _, b in zip(range(40), iter_forever(loader))])
+        share[balance] = float((efs < 45).float().mean())
+    assert abs(share[0.0] - rare.mean()) < 0.12, share
+    assert abs(share[1.0] - 0.5) < 0.12, share
+
+
+def iter_forever(loader):
+    while True: yield from loader
