@@ -323,13 +323,15 @@ def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_video
                       requested=None) -> tuple[dict, pd.DataFrame]:
     """`lvfm_adherence`'s protocol (same TEST anatomies, same requests) on the phantom's own videos re-rendered at the requested
     EF, read by `regressor`: what a perfect generator scores with this instrument. ({ef_mae_ceiling, ef_r2_ceiling, ...}, table).
+    `latents_dir` may also be the dataset folder the cache was made from: only its TEST rows are used, in the same order.
     Raises `echoflow.phantom.NotPhantomError` when the TEST videos are not the phantom videos of `cfg['data']`."""
     from echoflow.data import LatentVideos
     from echoflow.metrics import ef_adherence, ef_dependence
     from echoflow.phantom import phantom_counterfactuals
     n = n_videos or cfg["lvfm"]["eval_videos"]
     if n < 2: raise ValueError(f"n_videos must be >= 2 (a range of requested EF), got {n}")
-    table = LatentVideos(latents_dir, split="TEST").table
+    root = Path(latents_dir)
+    table = LatentVideos(root, split="TEST").table if (root/"latents").is_dir() else read_echonet(root, require_ef=False).select("TEST").table
     if not len(table): raise ValueError(f"{latents_dir}: no TEST videos")
     rows = table.iloc[[i % len(table) for i in range(n)]]                     # lvfm_adherence's anatomies, in its order
     anatomy_ef = rows.EF.to_numpy(float)
