@@ -148,7 +148,8 @@ def ef_sample_weights(ef, balance: float = 1.0, bandwidth: float = 5.0, cap: flo
     if not len(ef) or not np.isfinite(ef).all(): raise ValueError(f"ef: expected finite EF values, got {len(ef)} with {int((~np.isfinite(ef)).sum())} missing")
     if not (math.isfinite(balance) and balance >= 0): raise ValueError(f"balance: expected a number >= 0, got {balance!r}")
     if not (bandwidth > 0 and cap >= 1): raise ValueError(f"bandwidth must be > 0 and cap >= 1, got {bandwidth}, {cap}")
-    density = np.exp(-0.5 * ((ef[:, None] - ef[None, :]) / bandwidth) ** 2).sum(1)
+    density = np.concatenate([np.exp(-0.5 * ((ef[i:i + 1024, None] - ef[None, :]) / bandwidth) ** 2).sum(1)   # in row blocks: n x 1024 at most
+                              for i in range(0, len(ef), 1024)])
     w = density ** -balance
     w = np.minimum(w / w.min(), cap)
     return w / w.mean()
