@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from .core import load_model, load_preset, save_model, seed_everything
 from .data import EchoClips, EchoSource, read_echonet, write_echonet
-from .metrics import regression_metrics
+from .metrics import ef_adherence, ef_dependence, regression_metrics
 from .train import FitResult, fit, fit_options
 
 # %% auto #0
@@ -263,6 +263,23 @@ def _requested_efs(requested, anatomy_ef: np.ndarray, ef_range: tuple, where) ->
     if out.shape != (n,): raise ValueError(f"requested: the function must return {n} values (one per anatomy), got {out.shape[0]}")
     return out
 
+def _read_requests(regressor: EFRegressor, videos: list, anatomy_ef: np.ndarray, kind: str, *, seed: int = 0,
+                   dependence: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Read `videos` (named `<kind>_<i>`, labelled with the EF asked of anatomy i) with `regressor`: `ef_adherence`'s figures
+    as `ef_*_<kind>` (with `ef_dependence`'s weights when `dependence` and every anatomy's EF is known), and the table."""
+    with tempfile.TemporaryDirectory(prefix="echoflow_adherence_") as d:
+        pred = predict_ef(regressor, write_echonet(Path(d)/kind, videos, tracings=False), clips="all")
+    order = [int(name.rsplit("_", 1)[1]) for name in pred.name]                                  # the reader's order -> ours
+    t = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred, "anatomy_ef": anatomy_ef[order]})
+    a = ef_adherence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), n_boot=1000, seed=seed)
+    out = {f"ef_{k}_{kind}": a[k] for k in ("mae", "r2", "rmse", "bias", "slope")} | {f"ef_mae_{kind}_lo": a["mae_lo"], f"ef_mae_{kind}_hi": a["mae_hi"]}
+    if dependence and np.isfinite(anatomy_ef).all():
+        try:
+            d = ef_dependence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), t.anatomy_ef.to_numpy())
+            out |= {f"ef_w_requested_{kind}": d["requested"], f"ef_w_anatomy_{kind}": d["anatomy"]}
+        except ValueError: pass      # under 4 videos, or requests collinear with the anatomies' EF: the weights are not separable
+    return out, t
+
 def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int | None = None,
                    ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
                    cfg_scale: float | None = None, meanflow_steps: int = 1, requested=None, anatomy: bool = True,
@@ -279,7 +296,6 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     from echoflow.core import EchoVideo, to_uint8
     from echoflow.data import LatentVideos
     from echoflow.lvfm import generate, load_lvfm
-    from echoflow.metrics import ef_adherence, ef_dependence
     from echoflow.synth import synthetic_fps
     from echoflow.vae import decode_video
     V = cfg["lvfm"]
@@ -305,19 +321,10 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)
         videos = [EchoVideo(name=f"{kind}_{i:04d}", frames=to_uint8(pixels[i]), fps=fps, ef=float(requested[i]),
                             patient_id=f"{kind}_{i:04d}", split="TEST") for i in range(n)]
-        with tempfile.TemporaryDirectory(prefix="echoflow_adherence_") as d:
-            pred = predict_ef(regressor, write_echonet(Path(d)/kind, videos, tracings=False), clips="all")
-        a = ef_adherence(pred.ef.to_numpy(), pred.ef_pred.to_numpy(), n_boot=1000, seed=seed)
-        out |= {f"ef_mae_{kind}": a["mae"], f"ef_r2_{kind}": a["r2"], f"ef_rmse_{kind}": a["rmse"], f"ef_bias_{kind}": a["bias"],
-                f"ef_slope_{kind}": a["slope"], f"ef_mae_{kind}_lo": a["mae_lo"], f"ef_mae_{kind}_hi": a["mae_hi"]}
-        order = [int(name.rsplit("_", 1)[1]) for name in pred.name]                              # the reader's order -> ours
-        tables[kind] = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred, "anatomy_ef": anatomy_ef[order]})
-        if anatomy and np.isfinite(anatomy_ef).all():
-            try:
-                d = ef_dependence(pred.ef.to_numpy(), pred.ef_pred.to_numpy(), anatomy_ef[order])
-                out |= {f"ef_w_requested_{kind}": d["requested"], f"ef_w_anatomy_{kind}": d["anatomy"]}
-            except ValueError: pass      # under 4 videos, or requests collinear with the anatomies' EF: the weights are not separable
+        m, tables[kind] = _read_requests(regressor, videos, anatomy_ef, kind, seed=seed, dependence=anatomy)
+        out |= m
     return out, tables
+
 
 # %% ../nbs/50_ef.ipynb #35e12abc
 def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_videos: int | None = None, ef_range: tuple = (20.0, 80.0),
@@ -327,7 +334,6 @@ def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_video
     `latents_dir` may also be the dataset folder the cache was made from: only its TEST rows are used, in the same order.
     Raises `echoflow.phantom.NotPhantomError` when the TEST videos are not the phantom videos of `cfg['data']`."""
     from echoflow.data import LatentVideos
-    from echoflow.metrics import ef_adherence, ef_dependence
     from echoflow.phantom import phantom_counterfactuals
     n = n_videos or cfg["lvfm"]["eval_videos"]
     if n < 2: raise ValueError(f"n_videos must be >= 2 (a range of requested EF), got {n}")
@@ -339,18 +345,7 @@ def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_video
     requested = _requested_efs(requested, anatomy_ef, ef_range, latents_dir)
     videos = phantom_counterfactuals(rows, cfg["data"], requested, names=[f"ceiling_{i:04d}" for i in range(n)])
     for v in videos: v.split, v.patient_id = "TEST", v.name
-    with tempfile.TemporaryDirectory(prefix="echoflow_ceiling_") as d:
-        pred = predict_ef(regressor, write_echonet(Path(d)/"ceiling", videos, tracings=False), clips="all")
-    order = [int(name.rsplit("_", 1)[1]) for name in pred.name]
-    t = pd.DataFrame({"requested_ef": pred.ef, "measured_ef": pred.ef_pred, "anatomy_ef": anatomy_ef[order]})
-    a = ef_adherence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), n_boot=0)
-    out = {f"ef_{k}_ceiling": a[k] for k in ("mae", "r2", "rmse", "bias", "slope")}
-    if np.isfinite(anatomy_ef).all():
-        try:
-            dep = ef_dependence(t.requested_ef.to_numpy(), t.measured_ef.to_numpy(), t.anatomy_ef.to_numpy())
-            out |= {"ef_w_requested_ceiling": dep["requested"], "ef_w_anatomy_ceiling": dep["anatomy"]}
-        except ValueError: pass
-    return out, t
+    return _read_requests(regressor, videos, anatomy_ef, "ceiling")
 
 
 # %% ../nbs/50_ef.ipynb #64561d59

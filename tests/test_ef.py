@@ -291,6 +291,7 @@ def test_balanced_sampling_draws_rare_ef_more_often(tiny_dataset):
         loader = ef_train_loader([src], e | {"balance": balance})
         efs = torch.cat([b["ef"] for _, b in zip(range(40), iter_forever(loader))])
         share[balance] = float((efs < 45).float().mean())
+    print(f"rare share {rare.mean():.2f}; drawn: balance 0 {share[0.0]:.2f}, balance 1 {share[1.0]:.2f}")
     assert abs(share[0.0] - rare.mean()) < 0.12, share
     assert abs(share[1.0] - 0.5) < 0.12, share
 
