@@ -30,7 +30,7 @@ def main():
     shape = latent_shape(vae, cfg["data"]["size"])
     lvfm = build_lvfm(cfg["lvfm"], latent_channels=shape[0], sample_size=shape[1], meanflow=True).eval()
     lifm = build_lifm(cfg["lifm"], shape).eval()
-    enc = ReIDEncoder(in_channels=shape[0], embed_dim=cfg["reid"]["embed_dim"]).eval()
+    enc = ReIDEncoder(in_channels=shape[0], embed_dim=cfg["reid"]["embed_dim"], members=cfg["reid"]["members"]).eval()
     bank = embed(enc, torch.randn(64, *shape))
     pipe = EchoFlowPipeline(vae, lifm, lvfm, PrivacyFilter(enc, bank, torch.arange(64), [str(i) for i in range(64)], 0.999, shape))
     n_params = {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in (("vae decoder", vae.decoder), ("lvfm", lvfm), ("lifm", lifm))}

@@ -7,11 +7,15 @@ type among TEST frames (no A-VAE round trip here, to keep it fast). Prints one r
 `40_privacy`. At `small` on one thread, two sweeps side by side: 1.5-4.5 min per setting (16 views 6 min, 3000 steps
 8.5 min, width 64 9.5 min).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/reid_sweep.py runs/small [--preset small] [--settings preset,no_shift,...]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/reid_sweep.py runs/small [--preset small] [--settings preset,no_shift,...] [-p key=value]
+
+The sweep table of `40_privacy` was printed before `reid.copy_weight` and `reid.members` existed, i.e. with
+`-p reid.copy_weight=0.5 -p reid.members=1`; the presets now use 0 and 3.
 
 Settings (every row of the 40_privacy table): preset, steps_750, steps_3000, width_64, views_16, temperature_0.2,
 dim_128_t_0.05, weight_decay_0.05, affine, no_shift, no_shift_no_blur, no_shift_no_blur_tta (the previous one's encoder
-with embeddings averaged over +-1 px shifts).
+with embeddings averaged over +-1 px shifts); copy_0, copy_0.1, copy_0.5 (weight of the twin-copy term), members_1,
+members_3, members_5 (an ensemble of that many encoders, seeds seed..seed+n-1). `--seed` moves every setting's seeds.
 """
 import argparse
 import math
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from echoflow.core import load_preset
+from echoflow.pipeline import parse_overrides
 from echoflow.privacy import (PatientBatches, PrivacyFilter, ReIDEncoder, audit, embed, pair_similarities, read_latent_cache,
                               roc_auc, shift_latents, train_reid)
 
@@ -32,6 +37,8 @@ SETTINGS = {   # name -> changes from the preset: reid keys, or batch / optimise
     "dim_128_t_0.05": {"embed_dim": 128, "temperature": 0.05}, "weight_decay_0.05": {"weight_decay": 0.05},
     "affine": {"affine": (4.0, 0.05, 1.0)}, "no_shift": {"max_shift": 0}, "no_shift_no_blur": {"max_shift": 0, "blur": 0.0},
     "no_shift_no_blur_tta": {"max_shift": 0, "blur": 0.0, "tta": 1},
+    "copy_0": {"copy_weight": 0.0}, "copy_0.1": {"copy_weight": 0.1}, "copy_0.5": {"copy_weight": 0.5},
+    "members_1": {"members": 1}, "members_3": {"members": 3}, "members_5": {"members": 5},
 }
 
 
@@ -90,13 +97,15 @@ def main():
     ap.add_argument("run", type=Path, help="a run folder with a latents/ stage output")
     ap.add_argument("--preset", default="small"); ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--threads", type=int, default=1); ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="preset override, e.g. -p reid.copy_weight=0.5 -p reid.members=1 (the setting the 40_privacy sweep table used)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown: raise SystemExit(f"--settings: unknown {unknown}; choose from {list(SETTINGS)}")
     if not (args.run/"latents").exists(): raise SystemExit(f"{args.run/'latents'}: missing; run the pipeline up to the latents stage first")
-    cfg = load_preset(args.preset)
+    cfg = load_preset(args.preset, parse_overrides(args.overrides))
     splits = read_latent_cache(args.run/"latents")
     print(f"{'setting':>22} {'AUC VAL':>8} {'TEST':>6} {'video VAL':>9} {'TEST':>6} {'exact':>6} {'noise':>6} {'shift':>6} {'gain':>6} "
           f"{'false rej':>9} {'s':>5}")

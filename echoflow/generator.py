@@ -177,7 +177,7 @@ def tiny_pipeline(preset: str = "smoke", seed: int = 0) -> EchoFlowPipeline:
     shape = latent_shape(vae, cfg["data"]["size"])
     lifm = _wake(build_lifm(cfg["lifm"], shape)).eval()
     lvfm = _wake(build_lvfm(cfg["lvfm"], latent_channels=shape[0], sample_size=shape[1], meanflow=True)).eval()
-    encoder = ReIDEncoder(in_channels=shape[0], embed_dim=cfg["reid"]["embed_dim"]).eval()
+    encoder = ReIDEncoder(in_channels=shape[0], embed_dim=cfg["reid"]["embed_dim"], members=cfg["reid"]["members"]).eval()
     g = torch.Generator().manual_seed(seed + 1_000_003)   # the stand-in "patients" must not share the sampler's noise
     train, heldout = torch.randn(16, *shape, generator=g), torch.randn(8, *shape, generator=g)
     bank, patient = embed(encoder, train), torch.arange(16) // 2

@@ -5,6 +5,7 @@
 # %% ../nbs/40_privacy.ipynb #8f03e519
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -227,11 +228,18 @@ class _BlurPool(nn.Module):
         return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, stride=2, groups=x.shape[1])
 
 class ReIDEncoder(ModelMixin, ConfigMixin):
-    "Latent frames `(B, C, h, w)` -> unit-length patient embeddings `(B, embed_dim)`; blind to the latent's gain and offset."
+    """Latent frames `(B, C, h, w)` -> unit-length patient embeddings `(B, embedding_dim)`; blind to the latent's gain and offset.
+    With `members` > 1 it is an ensemble: that many encoders, trained apart, each giving a unit `embed_dim` vector; the
+    embedding is their normalised concatenation, so its cosine similarity is the members' mean similarity."""
     @register_to_config
     def __init__(self, in_channels: int = 4, embed_dim: int = 64, widths: tuple = (32, 64), blocks: int = 1,
-                 pool_size: int = 2, groups: int = 8, antialias: bool = True):
+                 pool_size: int = 2, groups: int = 8, antialias: bool = True, members: int = 1):
         super().__init__()
+        if not isinstance(members, int) or members < 1: raise ValueError(f"members must be an int >= 1, got {members!r}")
+        if members > 1:
+            self.nets = nn.ModuleList([ReIDEncoder(in_channels, embed_dim, widths, blocks, pool_size, groups, antialias)
+                                          for _ in range(members)])
+            return
         layers, prev = [nn.Conv2d(in_channels, widths[0], 3, padding=1)], widths[0]
         for i, w in enumerate(widths):
             if i and antialias: layers += [nn.Conv2d(prev, w, 3, padding=1), _BlurPool(w)]
@@ -242,10 +250,31 @@ class ReIDEncoder(ModelMixin, ConfigMixin):
         self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Linear(prev * pool_size ** 2, 2 * embed_dim), nn.SiLU(), nn.Linear(2 * embed_dim, embed_dim))
 
+    @property
+    def embedding_dim(self) -> int:
+        "Length of the embedding: `embed_dim` x `members`."
+        return self.config.embed_dim * self.config.members
+
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.config.members > 1: return F.normalize(torch.cat([m(latents) for m in self.nets], 1), dim=1)
         x = latents.float()
         x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-5)
         return F.normalize(self.head(self.body(x)), dim=1)
+
+    @classmethod
+    def ensemble(cls, encoders: list) -> "ReIDEncoder":
+        "One `ReIDEncoder` whose members are copies of the single encoders `encoders` (all built alike)."
+        if not encoders: raise ValueError("ReIDEncoder.ensemble: no encoders given")
+        def settings(e):  # as saved in config.json: tuples read back as lists
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in e.config.items() if not k.startswith("_")}
+        first = settings(encoders[0])
+        if first.get("members", 1) != 1 or any(settings(e) != first for e in encoders):
+            raise ValueError("ReIDEncoder.ensemble: the encoders must be single encoders (members = 1) with the same settings")
+        if len(encoders) == 1: return copy.deepcopy(encoders[0])
+        kw = {k: v for k, v in first.items() if k != "members"}
+        out = cls(**kw, members=len(encoders))
+        for m, e in zip(out.nets, encoders): m.load_state_dict(e.state_dict())
+        return out.to(next(encoders[0].parameters()).device).train(encoders[0].training)
 
 # %% ../nbs/40_privacy.ipynb #746ddd39
 def shift_latents(latents: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -343,16 +372,29 @@ def reid_loss_fn(temperature: float = 0.1, copy_weight: float = 0.5):
 
 # %% ../nbs/40_privacy.ipynb #6818365c
 def train_reid(train: LatentFrames, cfg: dict, out_dir=None, progress: bool = False, seed: int = 0,
-               copy_weight: float = 0.5, pool_size: int = 2, views: int = 8, weight_decay: float = 0.0, batches=None) -> FitResult:
-    "Train a `ReIDEncoder` on the training patients' latent frames with the preset's `reid` section (`batches`: other `PatientBatches` of `train`); returns `fit`'s result."
+               copy_weight: float | None = None, pool_size: int = 2, views: int = 8, weight_decay: float = 0.0, batches=None) -> FitResult:
+    """Train a `ReIDEncoder` on the training patients' latent frames with the preset's `reid` section; returns `fit`'s result.
+    `reid.members` > 1 trains that many encoders one after the other (seeds `seed`, `seed + 1`, ...; checkpoints in
+    `out_dir/member<k>`) and returns their ensemble (`model`, `ema`; `history` rows carry `member`, `seconds` is the sum).
+    `copy_weight` (None: `reid.copy_weight`) weighs the twin-copy term of `reid_loss_fn`; `batches`: other `PatientBatches` of `train`."""
     r = cfg["reid"]
-    seed_everything(seed)
-    encoder = ReIDEncoder(in_channels=train.latent_shape[0], embed_dim=r["embed_dim"], widths=(r["width"], 2 * r["width"]),
-                          pool_size=pool_size)
+    copy_weight, members = (r["copy_weight"] if copy_weight is None else copy_weight), r["members"]
+    if not isinstance(members, int) or members < 1: raise ValueError(f"reid.members must be an int >= 1, got {members!r}")
     if batches is None: batches = PatientBatches(train, batch_size=r["batch_size"], views=views)
-    opts = fit_options(cfg)
-    return fit(encoder, reid_loss_fn(r["temperature"], copy_weight), batches, steps=r["steps"], lr=r["lr"], out_dir=out_dir,
-               progress=progress, seed=seed, warmup=min(100, r["steps"] // 10), schedule="cosine", weight_decay=weight_decay, **opts)
+    results = []
+    for k in range(members):
+        seed_everything(seed + k)
+        encoder = ReIDEncoder(in_channels=train.latent_shape[0], embed_dim=r["embed_dim"], widths=(r["width"], 2 * r["width"]),
+                              pool_size=pool_size)
+        where = None if out_dir is None else (Path(out_dir)/f"member{k}" if members > 1 else out_dir)
+        results.append(fit(encoder, reid_loss_fn(r["temperature"], copy_weight), batches, steps=r["steps"], lr=r["lr"], out_dir=where,
+                           progress=progress, seed=seed + k, warmup=min(100, r["steps"] // 10), schedule="cosine",
+                           weight_decay=weight_decay, **fit_options(cfg)))
+    if members == 1: return results[0]
+    return FitResult(model=ReIDEncoder.ensemble([x.model for x in results]), ema=ReIDEncoder.ensemble([x.ema for x in results]),
+                     history=[h | {"member": k} for k, x in enumerate(results) for h in x.history], step=results[-1].step,
+                     resumed_from=results[0].resumed_from, seconds=sum(x.seconds for x in results),
+                     out_dir=None if out_dir is None else Path(out_dir))
 
 # %% ../nbs/40_privacy.ipynb #0a6791a5
 @torch.no_grad()
@@ -364,7 +406,7 @@ def embed(encoder: nn.Module, latents: torch.Tensor, batch_size: int = 512) -> t
         dev = next(encoder.parameters()).device
         out = [encoder(latents[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(latents), batch_size)]
     finally: encoder.train(was)
-    return torch.cat(out) if out else torch.zeros(0, encoder.config.embed_dim)
+    return torch.cat(out) if out else torch.zeros(0, getattr(encoder, "embedding_dim", encoder.config.embed_dim))
 
 def pair_similarities(emb: torch.Tensor, patient: torch.Tensor, video: torch.Tensor | None = None) -> tuple:
     "Cosine similarities of same-patient pairs (from other videos when `video` is given) and of different-patient pairs."
@@ -441,7 +483,7 @@ class PrivacyFilter:
         if bank.ndim != 2 or len(bank) == 0:
             raise ValueError(f"PrivacyFilter: the reference bank of training-patient embeddings is empty or malformed "
                              f"(shape {tuple(bank.shape)}, need (N >= 1, embed_dim)): build it from the training latents")
-        d = encoder.config.embed_dim
+        d = getattr(encoder, "embedding_dim", encoder.config.embed_dim)
         if bank.shape[1] != d: raise ValueError(f"PrivacyFilter: bank embeddings have {bank.shape[1]} dims, the encoder makes {d}")
         if not bool(torch.isfinite(bank).all()): raise ValueError("PrivacyFilter: the bank contains NaN or infinite values")
         bank_patient = torch.as_tensor(bank_patient).long()

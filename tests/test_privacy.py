@@ -258,6 +258,32 @@ def test_encoder_gain_offset_invariant_and_saves(tmp_path):
     torch.testing.assert_close(again(x), enc(x))
 
 
+def test_ensemble_trains_members_apart_and_round_trips(splits, tmp_path):
+    torch.set_num_threads(1)
+    train, val, test = splits
+    cfg = load_preset("smoke", {"reid.steps": 30, "reid.width": 8, "reid.embed_dim": 8, "reid.members": 2})
+    res = train_reid(train, cfg, out_dir=tmp_path/"training")
+    enc = res.ema
+    assert enc.config.members == 2 and enc.embedding_dim == 16
+    assert (tmp_path/"training"/"member0"/"checkpoint").is_dir() and (tmp_path/"training"/"member1"/"checkpoint").is_dir()
+    assert {h["member"] for h in res.history} == {0, 1}
+    # each member is the encoder a single training with that seed makes
+    single = train_reid(train, load_preset("smoke", {"reid.steps": 30, "reid.width": 8, "reid.embed_dim": 8}), seed=1).ema
+    x = test.frames[:6]
+    torch.testing.assert_close(enc.nets[1](x), single(x), atol=1e-5, rtol=0)
+    assert not torch.allclose(enc.nets[0](x), enc.nets[1](x), atol=1e-3)   # different seeds, different members
+    # the ensemble similarity is the members' mean similarity, and the filter saves and loads it unchanged
+    e = embed(enc, x)
+    mean_sim = torch.stack([embed(m, x) @ embed(m, x).T for m in enc.nets]).mean(0)
+    torch.testing.assert_close(e @ e.T, mean_sim, atol=1e-5, rtol=0)
+    flt = PrivacyFilter.build(enc, train, val, percentile=95.0)
+    loaded = PrivacyFilter.load(flt.save(tmp_path/"flt"))
+    torch.testing.assert_close(loaded.scores(x)[0], flt.scores(x)[0], atol=1e-6, rtol=0)
+    assert loaded.encoder.config.members == 2
+    with pytest.raises(ValueError, match="members"):
+        train_reid(train, load_preset("smoke", {"reid.members": 0}))
+
+
 def test_batches_pair_patients_across_videos():
     data = toy_patients(n_patients=6, videos=3, frames=5)
     for twins, views in ((False, 3), (True, 6)):
