@@ -30,9 +30,10 @@ from .flow.meanflow import meanflow_loss, meanflow_sample
 __all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames', 'sample_observed_mask', 'truncate_clips',
            'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
            'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
-           'LVFMObjective', 'lvfm_objective', 'guidance_of', 'generate', 'LVSegmenter', 'train_lv_segmenter',
-           'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents',
-           'traced_masks', 'clip_batch', 'fit_ef_meter', 'ef_adherence']
+           'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'generate', 'LatentEFProbe',
+           'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves',
+           'area_ef', 'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks',
+           'clip_batch', 'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
 def frame_channel(mask: Tensor, like: Tensor) -> Tensor:
@@ -179,8 +180,10 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16, patch_size: int = 2,
                  hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False,
                  reference: bool = True, ef_scale: float = 10.0, guidance_scale: float = 1.0,
-                 guidance_ef: float | None = None):
+                 guidance_ef: float | None = None, ef_probe_width: int = 0, ef_probe_scale: float = 0.0,
+                 ef_probe_until: float = 0.5):
         super().__init__()
+        self.ef_probe = LatentEFProbe(latent_channels, ef_probe_width) if ef_probe_width else None   # see `attach_ef_probe`
         if sample_size % patch_size: raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
         C, p, D = latent_channels, patch_size, hidden_size
         self.patch = nn.Linear(((3 if reference else 2) * C + 2) * p * p, D)
@@ -222,8 +225,10 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
     def __init__(self, latent_channels: int = 4, sample_size: int = 8, max_frames: int = 16,
                  block_out_channels: tuple = (64, 128), layers_per_block: int = 1, heads: tuple = (2, 4),
                  ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True,
-                 ef_scale: float = 10.0, guidance_scale: float = 1.0, guidance_ef: float | None = None):
+                 ef_scale: float = 10.0, guidance_scale: float = 1.0, guidance_ef: float | None = None,
+                 ef_probe_width: int = 0, ef_probe_scale: float = 0.0, ef_probe_until: float = 0.5):
         super().__init__()
+        self.ef_probe = LatentEFProbe(latent_channels, ef_probe_width) if ef_probe_width else None
         n, C = len(block_out_channels), latent_channels
         if any(c % 32 for c in block_out_channels): raise ValueError(f"block_out_channels {block_out_channels} must be multiples of 32 (diffusers' group norm)")
         if len(heads) != n: raise ValueError(f"heads {heads} must have one entry per block in block_out_channels {block_out_channels}")
@@ -357,11 +362,28 @@ class LVFMObjective:
         return loss, {"mse": d["mse"], "mse_mean": d["mse_mean"]}
 
 def lvfm_objective(lvfm_cfg: dict, objective: str) -> LVFMObjective:
-    "The objective a preset's `lvfm` section trains with: flow matching, or MeanFlow with its training-time EF guidance."
+    "The objective a preset's `lvfm` section trains with: flow matching (t drawn around `flow_time_mean`), or MeanFlow with its training-time EF guidance."
     L = lvfm_cfg
     guided = ({"guidance": L["meanflow_guidance"], "guidance_mix": L["meanflow_guidance_mix"], "guidance_ef": L.get("guidance_ef")}
               if objective == "meanflow" and L["meanflow_guidance"] != 1 else {})
-    return LVFMObjective(objective, ef_dropout=L["ef_dropout"], flow_ratio=L["flow_ratio"], jvp=L["jvp"], p_short=L["p_short"], **guided)
+    times = {"time_mean": L["flow_time_mean"]} if objective == "flow" else {}
+    return LVFMObjective(objective, ef_dropout=L["ef_dropout"], flow_ratio=L["flow_ratio"], jvp=L["jvp"], p_short=L["p_short"], **guided, **times)
+
+def init_from_flow(meanflow_model: nn.Module, flow_model: nn.Module) -> nn.Module:
+    """Start a MeanFlow model from a trained flow-matching model of the same architecture: every shared weight is copied and
+    the interval embedding's output layer is zeroed, so that u(z, r, t) = v(z, t) for every r before MeanFlow training."""
+    if not getattr(meanflow_model.config, "meanflow", False) or getattr(flow_model.config, "meanflow", False):
+        raise ValueError("init_from_flow: expected a MeanFlow model and a flow-matching model")
+    if not (isinstance(meanflow_model, SpaceTimeTransformer) and isinstance(flow_model, SpaceTimeTransformer)):   # the UNet's interval rides on SVD's added time ids
+        raise ValueError(f"init_from_flow: both models must be SpaceTimeTransformers, got {type(meanflow_model).__name__} and {type(flow_model).__name__}")
+    src = {k: v for k, v in flow_model.state_dict().items() if not k.startswith("ef_probe.")}
+    try: missing, unexpected = meanflow_model.load_state_dict(src, strict=False)
+    except RuntimeError as e: raise ValueError(f"init_from_flow: the two models differ in shape ({str(e).splitlines()[1].strip()})") from None
+    new = [k for k in missing if not k.startswith(("interval_embed.", "ef_probe."))]
+    if unexpected or new: raise ValueError(f"init_from_flow: the two models differ beyond the interval embedding ({unexpected or new})")
+    last = meanflow_model.interval_embed.mlp[-1]
+    with torch.no_grad(): last.weight.zero_(); last.bias.zero_()
+    return meanflow_model
 
 # %% ../nbs/31_lvfm.ipynb #d738f006
 def guidance_of(model: nn.Module, cfg_scale: float | None = None) -> float:
@@ -382,10 +404,13 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
              observed_mask: Tensor | None = None, num_frames: int | None = None, steps: int | None = None,
              method: str = "midpoint", cfg_scale: float | None = None, anatomy_frame: int = 0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
-             return_intermediates: bool = False, guidance_ef: float | bool | None = None):
+             return_intermediates: bool = False, guidance_ef: float | bool | None = None,
+             ef_probe_scale: float | None = None):
     """Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first.
     `guidance_ef` (%): guide away from the velocity at this EF instead of the null EF's; None: the model's own
-    (`config.guidance_ef`, classifier-free guidance if unset); False: classifier-free guidance whatever the model's."""
+    (`config.guidance_ef`, classifier-free guidance if unset); False: classifier-free guidance whatever the model's.
+    `ef_probe_scale`: the strength of the steering by the model's attached EF probe (`attach_ef_probe`); None: the
+    model's own (`config.ef_probe_scale`), 0: off."""
     cfg = model.config
     cfg_scale = guidance_of(model, cfg_scale)
     if guidance_ef is None:   # the model's reference EF is dropped at scale 0, where it would replace the request
@@ -395,6 +420,10 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
         if isinstance(guidance_ef, bool) or not (isinstance(guidance_ef, (int, float)) and math.isfinite(guidance_ef) and 0 <= guidance_ef <= 100):
             raise ValueError(f"guidance_ef: expected an EF in [0, 100] (%), got {guidance_ef!r}")
         if cfg_scale == 0: raise ValueError("guidance_ef needs cfg_scale > 0 (at 0 the request would be ignored for the reference EF)")
+    probe = getattr(model, "ef_probe", None)
+    probe_scale = float(getattr(cfg, "ef_probe_scale", 0.0) if ef_probe_scale is None else ef_probe_scale)
+    if not (math.isfinite(probe_scale) and probe_scale >= 0): raise ValueError(f"ef_probe_scale: expected a finite number >= 0, got {ef_probe_scale!r}")
+    if probe_scale > 0 and probe is None: raise ValueError("ef_probe_scale > 0 needs an EF probe attached to the model (attach_ef_probe)")
     meanflow, C, T_max = bool(cfg.meanflow), cfg.latent_channels, cfg.max_frames
     device = next(model.parameters()).device
     if anatomy is not None and observed is not None: raise ValueError("give anatomy or observed frames, not both")
@@ -439,15 +468,95 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
             if cfg_scale == 1: return u
             u_null = u_fn(z, r, t, torch.ones_like(ef_null)) if guidance_ef is None else u_fn(z, r, t, ef_null, ef_ref)
             return u_null + cfg_scale * (u - u_null)
+        if probe_scale > 0: fn = probe_guided(fn, probe, ef, probe_scale, cfg.ef_probe_until, pad.to(device))
         out = meanflow_sample(fn, x_0, steps=steps, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     else:
         def v_fn(z, t, ef_null):   # guided: the EF and null (or reference-EF) halves arrive stacked, one call of batch 2B
             k = len(z) // B
             return model(z, t, cond if k == 1 else cond.repeat(k, 1, 1, 1, 1), ef if k == 1 else torch.cat([ef, ef_ref]), ef_null=ef_null)
         fn = v_fn if cfg_scale == 1 else with_guidance(v_fn, {"ef_null": guidance_ef is None}, cfg_scale, batched=True)
+        if probe_scale > 0: fn = probe_guided(fn, probe, ef, probe_scale, cfg.ef_probe_until, pad.to(device))
         out = sample_ode(fn, x_0, steps=steps, method=method, cond={"ef_null": keep}, return_intermediates=return_intermediates)
     if return_intermediates: return out[0][:, :, :T], out[1][:, :, :, :T]
     return out[:, :, :T]
+
+# %% ../nbs/31_lvfm.ipynb #b6064c98
+class LatentEFProbe(ModelMixin, ConfigMixin):
+    """EF / 100 (B,) read from standardised latent clips (B, C, T, h, w): per-frame spatial and per-pixel temporal convolutions,
+    then the maximum, minimum and mean over the real frames of the spatially pooled features."""
+    @register_to_config
+    def __init__(self, latent_channels: int = 4, width: int = 32, ef_mean: float = 55.0):
+        super().__init__()
+        if not isinstance(width, int) or width < 8 or width % 8: raise ValueError(f"width must be a positive multiple of 8, got {width!r}")
+        def block(i, o): return nn.Sequential(nn.Conv3d(i, o, (1, 3, 3), padding=(0, 1, 1)), nn.GroupNorm(8, o), nn.SiLU(),
+                                              nn.Conv3d(o, o, (3, 1, 1), padding=(1, 0, 0)), nn.GroupNorm(8, o), nn.SiLU())
+        w = width
+        self.features = nn.Sequential(block(latent_channels, w), block(w, w), nn.AvgPool3d((1, 2, 2)), block(w, 2 * w),
+                                      block(2 * w, 2 * w), nn.AvgPool3d((1, 2, 2)), block(2 * w, 2 * w))
+        self.head = nn.Sequential(nn.Linear(6 * w, 64), nn.SiLU(), nn.Linear(64, 1))
+
+    def forward(self, z: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        "z (B, C, T, h, w); `pad_mask` (B, T) True on padded frames, which are left out of the summaries."
+        if z.ndim != 5 or z.shape[1] != self.config.latent_channels:
+            raise ValueError(f"expected latent clips (B, {self.config.latent_channels}, T, h, w), got {tuple(z.shape)}")
+        real = torch.ones(z.shape[0], z.shape[2], dtype=torch.bool, device=z.device) if pad_mask is None else ~pad_mask.to(z.device).bool()
+        z = z * real[:, None, :, None, None]
+        h = self.features(z).mean((3, 4))                                            # (B, F, T)
+        m = real[:, None, :]
+        big = torch.finfo(h.dtype).max
+        summary = [h.masked_fill(~m, -big).amax(2), h.masked_fill(~m, big).amin(2), (h * m).sum(2) / m.sum(2).clamp(min=1)]
+        return self.head(torch.cat(summary, 1)).squeeze(-1) + self.config.ef_mean / 100
+
+def _probe_loss(noise: float):
+    def loss_fn(model, batch, step):
+        x, pad, ef = unpack_batch(batch)
+        keep = ~torch.isnan(ef)
+        if not keep.any(): raise ValueError("train_ef_probe: a batch has no EF labels")
+        x, pad, ef = x[keep], pad[keep], ef[keep] / 100
+        flip_t = (torch.rand(len(x), device=x.device) < 0.5) & ~pad.any(1)             # reversing a padded clip would move its padding
+        x = torch.where(flip_t[:, None, None, None, None], x.flip(2), x)
+        x = torch.where((torch.rand(len(x), device=x.device) < 0.5)[:, None, None, None, None], x.flip(4), x)
+        x = x + noise * torch.rand(len(x), 1, 1, 1, 1, device=x.device) * torch.randn_like(x)
+        pred = model(x, pad)
+        return F.mse_loss(pred, ef), {"mae": (pred - ef).abs().mean().item() * 100}
+    return loss_fn
+
+def train_ef_probe(batches, *, latent_channels: int, steps: int = 1500, lr: float = 1e-3, width: int = 32, noise: float = 0.2,
+                   ef_mean: float = 55.0, seed: int = 0, **fit_kw):
+    "Train a `LatentEFProbe` on batches of `LatentVideos` clips with EF labels (time reversal, left-right flip, noise); `fit`'s result."
+    from echoflow.train import fit
+    torch.manual_seed(seed)
+    probe = LatentEFProbe(latent_channels, width, ef_mean)
+    return fit(probe, _probe_loss(noise), batches, steps=steps, lr=lr, schedule="cosine", weight_decay=1e-2, seed=seed, **fit_kw)
+
+def attach_ef_probe(model: nn.Module, probe: LatentEFProbe, scale: float, until: float = 0.5) -> nn.Module:
+    "Put a copy of `probe` inside `model` (saved with it) and store the steering `scale` and `until` in its config; returns `model`."
+    import copy
+    if not (math.isfinite(scale) and scale >= 0): raise ValueError(f"scale: expected a finite number >= 0, got {scale!r}")
+    if not 0 < until <= 1: raise ValueError(f"until: expected a flow time in (0, 1], got {until!r}")
+    if probe.config.latent_channels != model.config.latent_channels:
+        raise ValueError(f"probe reads {probe.config.latent_channels} latent channels, the model makes {model.config.latent_channels}")
+    model.ef_probe = copy.deepcopy(probe).eval().requires_grad_(False)
+    model.register_to_config(ef_probe_width=int(probe.config.width), ef_probe_scale=float(scale), ef_probe_until=float(until))
+    return model
+
+def probe_guided(fn, probe: LatentEFProbe, ef: Tensor, scale: float, until: float, pad_mask: Tensor | None = None):
+    """Wrap a velocity function `fn(x, t, **cond)` (or MeanFlow's `fn(x, r, t, **cond)`): while t <= `until`, subtract
+    `scale` times the Newton step e g / |g|^2 that moves the probe's reading of x + (1 - t) v towards `ef` (EF / 100, (B,))."""
+    def guided(x, *times, **cond):
+        v = fn(x, *times, **cond)
+        t = torch.as_tensor(times[-1], dtype=x.dtype, device=x.device).reshape(-1)
+        t = t.expand(len(x)) if len(t) == 1 else t
+        on = (t <= until + 1e-9).to(x.dtype)
+        if not on.any(): return v
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        with torch.enable_grad():
+            x_hat = (x + (1 - t).reshape(shape) * v).detach().requires_grad_(True)
+            pred = probe(x_hat, pad_mask)
+            g, = torch.autograd.grad(pred.sum(), x_hat)
+        step = ((pred.detach() - ef) / g.flatten(1).pow(2).sum(1).clamp(min=1e-12)).reshape(shape) * g
+        return v - scale * on.reshape(shape) * step
+    return guided
 
 # %% ../nbs/31_lvfm.ipynb #a4e50674
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -510,3 +510,77 @@ def test_trained_with_padded_short_clips_generates_8_16_32_frames():
                            steps=None if objective == "meanflow" else 4, generator=torch.Generator().manual_seed(n))
             assert out.shape == (2, 4, n, 8, 8) and torch.isfinite(out).all()
         with pytest.raises(ValueError, match="trained maximum"): generate(model, 50, num_frames=33)
+
+
+# ---------------------------------------------------------------- flow time, EF probe, MeanFlow from the flow model
+
+def test_preset_flow_time_mean_reaches_the_flow_objective_only():
+    from echoflow.lvfm import lvfm_objective
+    L = dict(load_preset("smoke", {"lvfm.flow_time_mean": -0.8})["lvfm"])
+    assert lvfm_objective(L, "flow").time_mean == -0.8
+    assert lvfm_objective(L, "meanflow").time_mean is None          # MeanFlow keeps its own draw
+    assert load_preset("small")["lvfm"]["flow_time_mean"] < 0
+
+
+@pytest.mark.parametrize("make", [tiny, tiny_unet])
+def test_probe_steering_moves_the_probe_reading_and_round_trips(tmp_path, make):
+    from echoflow.lvfm import LatentEFProbe, attach_ef_probe
+    torch.manual_seed(0)
+    probe = _perturb(LatentEFProbe(4, 8), 0.2)
+    flow = _perturb(make())
+    anat, x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)), torch.randn(2, 4, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    asked = torch.tensor([20.0, 80.0])
+    attach_ef_probe(flow, probe, scale=3.0, until=0.5)
+    kw = dict(anatomy=anat, noise=x0, steps=6)
+    steered, plain = generate(flow, asked, **kw), generate(flow, asked, ef_probe_scale=0.0, **kw)
+    with torch.no_grad(): err = [(100 * probe(z) - asked).abs().mean().item() for z in (steered, plain)]
+    assert err[0] < err[1]
+    save_model(flow, tmp_path/"m")
+    back = load_lvfm(tmp_path/"m")
+    assert back.config.ef_probe_scale == 3.0 and back.config.ef_probe_until == 0.5
+    assert torch.equal(generate(back, asked, **kw), steered)
+    assert torch.equal(generate(back, asked, ef_probe_scale=0.0, **kw), plain)
+
+
+def test_probe_steering_acts_only_until_its_flow_time():
+    from echoflow.lvfm import LatentEFProbe, probe_guided
+    probe = _perturb(LatentEFProbe(4, 8), 0.2)
+    v = torch.randn(2, 4, 8, 8, 8)
+    fn = lambda x, t: v
+    guided = probe_guided(fn, probe, torch.tensor([0.3, 0.7]), scale=2.0, until=0.5)
+    x = torch.randn(2, 4, 8, 8, 8)
+    assert torch.equal(guided(x, torch.tensor([0.6, 0.6])), v)            # past `until`: the model's velocity untouched
+    early = guided(x, torch.tensor([0.2, 0.2]))
+    assert (early - v).abs().max() > 0
+    # one Newton step (scale 1 at t = 0 on x_hat = x + v) cancels the probe's error to first order
+    one = probe_guided(fn, probe, torch.tensor([0.3, 0.7]), scale=1.0, until=0.5)
+    with torch.no_grad():
+        before = (probe(x + v) - torch.tensor([0.3, 0.7])).abs()
+        after = (probe(x + one(x, torch.zeros(2))) - torch.tensor([0.3, 0.7])).abs()
+    assert (after < before).all()
+
+
+def test_meanflow_steps_are_steered_and_probe_errors():
+    from echoflow.lvfm import LatentEFProbe, attach_ef_probe
+    probe = _perturb(LatentEFProbe(4, 8), 0.2)
+    mf = _perturb(tiny(meanflow=True))
+    anat, x0 = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8, 8)
+    attach_ef_probe(mf, probe, scale=1.0, until=0.5)
+    assert not torch.equal(generate(mf, [30, 70], anatomy=anat, noise=x0), generate(mf, [30, 70], anatomy=anat, noise=x0, ef_probe_scale=0.0))
+    with pytest.raises(ValueError, match="ef_probe_scale"): generate(mf, [30, 70], anatomy=anat, noise=x0, ef_probe_scale=-1.0)
+    with pytest.raises(ValueError, match="latent channels"): attach_ef_probe(tiny(), LatentEFProbe(3, 8), scale=1.0)
+    with pytest.raises(ValueError, match="multiple of 8"): LatentEFProbe(4, 12)
+
+
+def test_init_from_flow_copies_weights_and_checks_its_models():
+    from echoflow.lvfm import init_from_flow
+    fm = _perturb(tiny())
+    mf = init_from_flow(tiny(meanflow=True), fm)
+    b = batch(); cond = masked_condition(b["latents"], torch.eye(8, dtype=torch.bool)[:2], b["pad_mask"])
+    z, t, ef = torch.randn(2, 4, 8, 8, 8), torch.tensor([0.1, 0.8]), torch.tensor([0.3, 0.6])
+    with torch.no_grad():
+        for r in (torch.tensor([0.5, 0.9]), torch.tensor([1.0, 1.0])):
+            assert torch.allclose(mf(z, t, cond, ef, interval=r - t), fm(z, t, cond, ef), atol=1e-6)
+    with pytest.raises(ValueError, match="MeanFlow model"): init_from_flow(tiny(), fm)
+    with pytest.raises(ValueError, match="SpaceTimeTransformer"): init_from_flow(tiny_unet(meanflow=True), tiny_unet())
+    with pytest.raises(ValueError, match="differ"): init_from_flow(tiny(meanflow=True, hidden_size=64), fm)
