@@ -31,9 +31,9 @@ __all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames',
            'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
            'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
            'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'generate', 'LatentEFProbe',
-           'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves',
-           'area_ef', 'EFByArea', 'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks',
-           'clip_batch', 'fit_ef_meter', 'ef_adherence']
+           'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'teacher_pairs', 'DistilledObjective', 'LVSegmenter',
+           'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation',
+           'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch', 'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
 def frame_channel(mask: Tensor, like: Tensor) -> Tensor:
@@ -557,6 +557,63 @@ def probe_guided(fn, probe: LatentEFProbe, ef: Tensor, scale: float, until: floa
         step = ((pred.detach() - ef) / g.flatten(1).pow(2).sum(1).clamp(min=1e-12)).reshape(shape) * g
         return v - scale * on.reshape(shape) * step
     return guided
+
+# %% ../nbs/31_lvfm.ipynb #152685bc
+@torch.no_grad()
+def teacher_pairs(teacher: nn.Module, anatomies: Tensor, ef, *, num_frames: int | None = None, batch_size: int = 8,
+                  generator: torch.Generator | None = None, **generate_kw) -> dict:
+    """What a one-step model is distilled from: noise `x_0` (N, C, T, h, w) and the `teacher`'s latent videos `x_1` made from
+    it with `generate` (its own guidance and probe steering, unless `generate_kw` overrides them), for `anatomies`
+    (N, C, h, w) at EF `ef` (N,) in %. Also returns `anatomy` and `ef`."""
+    if anatomies.ndim != 4: raise ValueError(f"anatomies: expected (N, C, h, w), got {tuple(anatomies.shape)}")
+    N = len(anatomies)
+    ef = _as_ef(ef, N, "cpu")
+    if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    T = num_frames or teacher.config.max_frames
+    x_0 = torch.randn(N, anatomies.shape[1], T, *anatomies.shape[2:], generator=generator)
+    x_1 = torch.cat([generate(teacher, ef[i:i + batch_size], anatomy=anatomies[i:i + batch_size], num_frames=T,
+                              noise=x_0[i:i + batch_size], **generate_kw).cpu() for i in range(0, N, batch_size)])
+    return {"x_0": x_0, "x_1": x_1, "anatomy": anatomies.detach().cpu().float(), "ef": ef}
+
+class DistilledObjective:
+    """A MeanFlow objective plus one-step distillation: the jump x_0 + u(x_0, r=1, t=0 | anatomy, EF) is pulled to the
+    teacher's video x_1 for a minibatch of `pairs` (from `teacher_pairs`) at every step, with the same adaptive weight
+    as MeanFlow's loss: loss = MeanFlow + `weight` * mean(err / sg(err + c)). The minibatch is drawn from (seed, step),
+    so a resumed training draws what an uninterrupted one would."""
+    def __init__(self, base: LVFMObjective, pairs: dict, weight: float = 1.0, batch_size: int = 8, seed: int = 0, adaptive_c: float = 1e-3):
+        if getattr(base, "objective", None) != "meanflow": raise ValueError("DistilledObjective: base must be a 'meanflow' LVFMObjective")
+        missing = [k for k in ("x_0", "x_1", "anatomy", "ef") if k not in pairs]
+        if missing: raise ValueError(f"pairs: missing {missing} (make them with teacher_pairs)")
+        x_0, x_1 = pairs["x_0"], pairs["x_1"]
+        if x_0.ndim != 5 or x_1.shape != x_0.shape or pairs["anatomy"].shape != (x_0.shape[0], x_0.shape[1], *x_0.shape[3:]) or len(pairs["ef"]) != len(x_0):
+            raise ValueError(f"pairs: x_0 {tuple(x_0.shape)}, x_1 {tuple(x_1.shape)}, anatomy {tuple(pairs['anatomy'].shape)} and "
+                             f"ef ({len(pairs['ef'])},) do not describe the same N clips")
+        if not (math.isfinite(weight) and weight >= 0): raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
+        if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        self.base, self.pairs, self.weight, self.batch_size, self.seed, self.adaptive_c = base, pairs, weight, batch_size, seed, adaptive_c
+
+    def distill_error(self, model: nn.Module, index: Tensor) -> Tensor:
+        "Per-clip mean squared error (len(index),) of the one-step jump against the teacher's videos `pairs[...][index]`."
+        p, device = self.pairs, next(model.parameters()).device
+        x_0, x_1, anat, ef = (p[k][index].to(device) for k in ("x_0", "x_1", "anatomy", "ef"))
+        B, T = x_0.shape[0], x_0.shape[2]
+        observed = torch.zeros_like(x_0); observed[:, :, 0] = anat
+        observed_mask = torch.zeros(B, T, dtype=torch.bool, device=device); observed_mask[:, 0] = True
+        cond = masked_condition(observed, observed_mask, torch.zeros(B, T, dtype=torch.bool, device=device))
+        u = model(x_0, torch.zeros(B, device=device), cond, ef.float() / 100, interval=torch.ones(B, device=device),
+                  ef_null=torch.zeros(B, dtype=torch.bool, device=device))
+        return (x_0 + u - x_1).pow(2).flatten(1).mean(1)
+
+    def indices(self, step: int) -> Tensor:
+        "The pairs used at training step `step`: drawn from (seed, step) alone."
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randint(0, len(self.pairs["x_0"]), (self.batch_size,), generator=g)
+
+    def __call__(self, model: nn.Module, batch: dict, step: int = 0):
+        loss, logs = self.base(model, batch, step)
+        if self.weight == 0: return loss, logs
+        err = self.distill_error(model, self.indices(step))
+        return loss + self.weight * (err / (err.detach() + self.adaptive_c)).mean(), {**logs, "distill_mse": err.mean().item()}
 
 # %% ../nbs/31_lvfm.ipynb #a4e50674
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -584,3 +584,51 @@ def test_init_from_flow_copies_weights_and_checks_its_models():
     with pytest.raises(ValueError, match="MeanFlow model"): init_from_flow(tiny(), fm)
     with pytest.raises(ValueError, match="SpaceTimeTransformer"): init_from_flow(tiny_unet(meanflow=True), tiny_unet())
     with pytest.raises(ValueError, match="differ"): init_from_flow(tiny(meanflow=True, hidden_size=64), fm)
+
+
+# ---------------------------------------------------------------- one-step distillation of the steered sampler
+
+def _pairs(n=6):
+    from echoflow.lvfm import teacher_pairs
+    teacher = _perturb(tiny(), seed=4)
+    return teacher_pairs(teacher, torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(7)), torch.linspace(20, 80, n),
+                         steps=3, generator=torch.Generator().manual_seed(8))
+
+
+def test_distilled_meanflow_resumes_exactly_and_learns_the_teacher(tmp_path):
+    from echoflow.lvfm import DistilledObjective
+    pairs = _pairs()
+    items = [{"latents": torch.randn(4, 8, 8, 8, generator=torch.Generator().manual_seed(i)), "pad_mask": torch.zeros(8, dtype=torch.bool),
+              "ef": torch.tensor(30.0 + 5 * i)} for i in range(8)]
+    loader = DataLoader(items, batch_size=4, shuffle=True)
+    def run(out=None, steps=12, crash=None):
+        torch.manual_seed(0)
+        obj = DistilledObjective(LVFMObjective("meanflow", flow_ratio=0.5), pairs, weight=1.0, batch_size=3)
+        def loss_fn(model, batch, step):
+            if step == crash: raise KeyboardInterrupt("simulated crash")
+            return obj(model, batch, step)
+        return fit(_perturb(tiny(meanflow=True)), loss_fn, loader, steps=steps, lr=2e-3, ema_decay=None, progress=False,
+                   out_dir=out, checkpoint_every=None if out is None else 4, log_every=4)
+    whole = run()
+    with pytest.raises(KeyboardInterrupt): run(tmp_path, crash=9)
+    again = run(tmp_path)
+    assert again.resumed_from == 8
+    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), whole.model.state_dict().values()))
+    assert "distill_mse" in whole.history[-1]
+    # the one-step jump moves towards the teacher's videos
+    obj = DistilledObjective(LVFMObjective("meanflow"), pairs)
+    start = _perturb(tiny(meanflow=True))
+    with torch.no_grad():
+        before = obj.distill_error(start, torch.arange(6)).mean().item()
+        after = obj.distill_error(whole.model, torch.arange(6)).mean().item()
+    assert after < before
+
+
+def test_preset_distillation_keys_and_bad_arguments():
+    from echoflow.lvfm import DistilledObjective
+    for name in ("smoke", "default", "small", "paper"):
+        L = load_preset(name)["lvfm"]
+        assert isinstance(L["meanflow_distill_pairs"], int) and L["meanflow_distill_pairs"] >= 0 and L["meanflow_distill_weight"] >= 0
+    assert load_preset("smoke")["lvfm"]["meanflow_distill_pairs"] > 0          # the smoke stage exercises the distillation
+    with pytest.raises(ValueError, match="weight"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), weight=float("nan"))
+    with pytest.raises(ValueError, match="batch_size"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), batch_size=0)
