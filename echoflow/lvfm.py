@@ -5,6 +5,7 @@
 # %% ../nbs/31_lvfm.ipynb #627293c1
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -578,9 +579,12 @@ def teacher_pairs(teacher: nn.Module, anatomies: Tensor, ef, *, num_frames: int 
 class DistilledObjective:
     """A MeanFlow objective plus one-step distillation: the jump x_0 + u(x_0, r=1, t=0 | anatomy, EF) is pulled to the
     teacher's video x_1 for a minibatch of `pairs` (from `teacher_pairs`) at every step, with the same adaptive weight
-    as MeanFlow's loss: loss = MeanFlow + `weight` * mean(err / sg(err + c)). The minibatch is drawn from (seed, step),
-    so a resumed training draws what an uninterrupted one would."""
-    def __init__(self, base: LVFMObjective, pairs: dict, weight: float = 1.0, batch_size: int = 8, seed: int = 0, adaptive_c: float = 1e-3):
+    as MeanFlow's loss: loss = MeanFlow + `weight` * mean(err / sg(err + c)). With an EF `probe` (a frozen copy is kept)
+    and `probe_weight` > 0, also + `probe_weight` * mean(((P(jump) - P(x_1)) * 100 / 5)^2): the jump should read as the
+    teacher's video reads (the teacher's reading, not the request, so the term asks for nothing the teacher did not do).
+    The minibatch is drawn from (seed, step), so a resumed training draws what an uninterrupted one would."""
+    def __init__(self, base: LVFMObjective, pairs: dict, weight: float = 1.0, batch_size: int = 8, seed: int = 0, adaptive_c: float = 1e-3,
+                 probe: nn.Module | None = None, probe_weight: float = 0.0):
         if getattr(base, "objective", None) != "meanflow": raise ValueError("DistilledObjective: base must be a 'meanflow' LVFMObjective")
         missing = [k for k in ("x_0", "x_1", "anatomy", "ef") if k not in pairs]
         if missing: raise ValueError(f"pairs: missing {missing} (make them with teacher_pairs)")
@@ -590,10 +594,14 @@ class DistilledObjective:
                              f"ef ({len(pairs['ef'])},) do not describe the same N clips")
         if not (math.isfinite(weight) and weight >= 0): raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
         if not isinstance(batch_size, int) or batch_size < 1: raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if not (math.isfinite(probe_weight) and probe_weight >= 0): raise ValueError(f"probe_weight: expected a finite number >= 0, got {probe_weight!r}")
+        if probe_weight > 0 and probe is None: raise ValueError("probe_weight > 0 needs an EF probe (a LatentEFProbe, e.g. train_ef_probe's)")
+        self.probe = None if probe is None or probe_weight == 0 else copy.deepcopy(probe).eval().requires_grad_(False)
+        self.probe_weight = probe_weight
         self.base, self.pairs, self.weight, self.batch_size, self.seed, self.adaptive_c = base, pairs, weight, batch_size, seed, adaptive_c
 
-    def distill_error(self, model: nn.Module, index: Tensor) -> Tensor:
-        "Per-clip mean squared error (len(index),) of the one-step jump against the teacher's videos `pairs[...][index]`."
+    def jump(self, model: nn.Module, index: Tensor) -> tuple[Tensor, Tensor]:
+        "The one-step jumps of `model` from the noise of `pairs[...][index]` and the teacher's videos, both (len(index), C, T, h, w)."
         p, device = self.pairs, next(model.parameters()).device
         x_0, x_1, anat, ef = (p[k][index].to(device) for k in ("x_0", "x_1", "anatomy", "ef"))
         B, T = x_0.shape[0], x_0.shape[2]
@@ -602,7 +610,12 @@ class DistilledObjective:
         cond = masked_condition(observed, observed_mask, torch.zeros(B, T, dtype=torch.bool, device=device))
         u = model(x_0, torch.zeros(B, device=device), cond, ef.float() / 100, interval=torch.ones(B, device=device),
                   ef_null=torch.zeros(B, dtype=torch.bool, device=device))
-        return (x_0 + u - x_1).pow(2).flatten(1).mean(1)
+        return x_0 + u, x_1
+
+    def distill_error(self, model: nn.Module, index: Tensor) -> Tensor:
+        "Per-clip mean squared error (len(index),) of the one-step jump against the teacher's videos `pairs[...][index]`."
+        jump, x_1 = self.jump(model, index)
+        return (jump - x_1).pow(2).flatten(1).mean(1)
 
     def indices(self, step: int) -> Tensor:
         "The pairs used at training step `step`: drawn from (seed, step) alone."
@@ -611,9 +624,16 @@ class DistilledObjective:
 
     def __call__(self, model: nn.Module, batch: dict, step: int = 0):
         loss, logs = self.base(model, batch, step)
-        if self.weight == 0: return loss, logs
-        err = self.distill_error(model, self.indices(step))
-        return loss + self.weight * (err / (err.detach() + self.adaptive_c)).mean(), {**logs, "distill_mse": err.mean().item()}
+        if self.weight == 0 and self.probe is None: return loss, logs
+        jump, x_1 = self.jump(model, self.indices(step))
+        err = (jump - x_1).pow(2).flatten(1).mean(1)
+        loss, logs = loss + self.weight * (err / (err.detach() + self.adaptive_c)).mean(), {**logs, "distill_mse": err.mean().item()}
+        if self.probe is not None:
+            self.probe.to(jump.device)
+            with torch.no_grad(): target = self.probe(x_1)
+            gap = (self.probe(jump) - target) * 100                           # EF points
+            loss, logs = loss + self.probe_weight * (gap / 5).pow(2).mean(), {**logs, "probe_gap": gap.abs().mean().item()}
+        return loss, logs
 
 # %% ../nbs/31_lvfm.ipynb #a4e50674
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

@@ -632,3 +632,24 @@ def test_preset_distillation_keys_and_bad_arguments():
     assert load_preset("smoke")["lvfm"]["meanflow_distill_pairs"] > 0          # the smoke stage exercises the distillation
     with pytest.raises(ValueError, match="weight"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), weight=float("nan"))
     with pytest.raises(ValueError, match="batch_size"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), batch_size=0)
+
+
+def test_distillation_probe_term_pulls_the_jump_to_the_teachers_reading():
+    from echoflow.lvfm import DistilledObjective, LatentEFProbe
+    pairs = _pairs()
+    probe = _perturb(LatentEFProbe(4, 8), 0.2)
+    with pytest.raises(ValueError, match="needs an EF probe"): DistilledObjective(LVFMObjective("meanflow"), pairs, probe_weight=1.0)
+    with pytest.raises(ValueError, match="probe_weight"): DistilledObjective(LVFMObjective("meanflow"), pairs, probe=probe, probe_weight=-1.0)
+    obj = DistilledObjective(LVFMObjective("meanflow"), pairs, weight=0.0, batch_size=6, probe=probe, probe_weight=1.0)
+    obj.base = lambda m, b, s: (torch.zeros(()), {})                          # the probe term alone
+    assert all(not p.requires_grad for p in obj.probe.parameters()) and obj.probe is not probe   # a frozen copy
+    def gap(m):
+        with torch.no_grad():
+            jump, x_1 = obj.jump(m, torch.arange(6))
+            return (probe(jump) - probe(x_1)).abs().mean().item() * 100
+    start = _perturb(tiny(meanflow=True))
+    before = gap(start)
+    res = fit(start, obj, [batch()], steps=40, lr=3e-3, ema_decay=None, progress=False, log_every=10)
+    assert "probe_gap" in res.history[-1]
+    assert gap(res.model) < 0.5 * before, (before, gap(res.model))
+    assert all(torch.equal(a, b) for a, b in zip(obj.probe.state_dict().values(), probe.state_dict().values()))   # the probe is not trained
