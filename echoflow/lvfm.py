@@ -28,12 +28,12 @@ from .flow.solvers import NFE_PER_STEP, sample_ode, with_guidance
 from .flow.meanflow import meanflow_loss, meanflow_sample
 
 # %% auto #0
-__all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'reference_frames', 'sample_observed_mask', 'truncate_clips',
-           'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate', 'Attention',
-           'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm', 'unpack_batch',
-           'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'generate', 'LatentEFProbe',
-           'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'teacher_pairs', 'DistilledObjective', 'LVSegmenter',
-           'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation',
+__all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'anatomy_observed', 'reference_frames', 'sample_observed_mask',
+           'truncate_clips', 'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate',
+           'Attention', 'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm',
+           'unpack_batch', 'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'generate',
+           'LatentEFProbe', 'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'teacher_pairs', 'DistilledObjective',
+           'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation',
            'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch', 'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
@@ -58,6 +58,13 @@ def masked_condition(observed: Tensor, observed_mask: Tensor, pad_mask: Tensor |
     seen = observed_mask.bool() & ~pad
     m = frame_channel(seen, observed)
     return torch.cat([observed * m, m, frame_channel(~pad, observed)], 1)
+
+def anatomy_observed(anatomy: Tensor, num_frames: int, frame: int = 0) -> tuple[Tensor, Tensor]:
+    "An anatomy (B, C, h, w) as observed frames (B, C, T, h, w) and their mask (B, T): frame `frame` observed, the rest to make."
+    B, C, h, w = anatomy.shape
+    observed = anatomy.new_zeros(B, C, num_frames, h, w); observed[:, :, frame] = anatomy
+    mask = torch.zeros(B, num_frames, dtype=torch.bool, device=anatomy.device); mask[:, frame] = True
+    return observed, mask
 
 def reference_frames(cond: Tensor) -> Tensor:
     "The mean of the observed frames of a `masked_condition` (B, C + 2, T, h, w), repeated over time: (B, C, T, h, w); zero if none is observed."
@@ -433,8 +440,7 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
         T = num_frames or T_max
         if not 0 <= anatomy_frame < T: raise ValueError(f"anatomy_frame: expected 0 <= anatomy_frame < {T}, got {anatomy_frame}")
         B, h, w = anatomy.shape[0], *anatomy.shape[2:]
-        observed = anatomy.new_zeros(B, C, T, h, w); observed[:, :, anatomy_frame] = anatomy
-        observed_mask = torch.zeros(B, T, dtype=torch.bool); observed_mask[:, anatomy_frame] = True
+        observed, observed_mask = anatomy_observed(anatomy, T, anatomy_frame)
     elif observed is not None:
         _video(observed, "observed")
         if observed.shape[1] != C: raise ValueError(f"observed: expected {C} channels, got {observed.shape[1]}")
@@ -604,10 +610,8 @@ class DistilledObjective:
         "The one-step jumps of `model` from the noise of `pairs[...][index]` and the teacher's videos, both (len(index), C, T, h, w)."
         p, device = self.pairs, next(model.parameters()).device
         x_0, x_1, anat, ef = (p[k][index].to(device) for k in ("x_0", "x_1", "anatomy", "ef"))
-        B, T = x_0.shape[0], x_0.shape[2]
-        observed = torch.zeros_like(x_0); observed[:, :, 0] = anat
-        observed_mask = torch.zeros(B, T, dtype=torch.bool, device=device); observed_mask[:, 0] = True
-        cond = masked_condition(observed, observed_mask, torch.zeros(B, T, dtype=torch.bool, device=device))
+        B = x_0.shape[0]
+        cond = masked_condition(*anatomy_observed(anat, x_0.shape[2]))          # the anatomy as frame 0, as `generate` places it
         u = model(x_0, torch.zeros(B, device=device), cond, ef.float() / 100, interval=torch.ones(B, device=device),
                   ef_null=torch.zeros(B, dtype=torch.bool, device=device))
         return x_0 + u, x_1
