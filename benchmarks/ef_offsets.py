@@ -4,8 +4,8 @@ Reads the `ef` stage's per-video predictions (`ef/predictions_<trained on>.csv`)
 and MAE with the bias (mean predicted - reference), the slope of predicted on reference and the squared correlation:
 a regressor can rank patients well (high correlation) and still miss by an offset. Then the re-labels of the
 synthetic set against the requested EF (`ef/synthetic_relabels.csv`, when the stage re-labelled), and
-`temporal_roughness` of the first clip of every real and synthetic video under the preset's `ef` clip protocol
-(about a minute at `small`).
+`temporal_roughness` of the first clip of every real and synthetic video under the preset's `ef` clip protocol, with
+how strongly a clip's frame-to-frame change follows its EF (about a minute at `small`).
 
     .venv/bin/python benchmarks/ef_offsets.py runs/small3 [--preset small]
 """
@@ -41,10 +41,10 @@ def main():
               f"correlation {np.corrcoef(r.EF, r.EF_requested)[0, 1]:.2f}, mean {r.EF.mean():.1f} vs {r.EF_requested.mean():.1f}")
     e = load_preset(args.preset)["ef"]
     for name in ("data", "synth"):
-        clips, _ = first_clips(read_echonet(args.run/name), e)
-        t = temporal_roughness(clips)
+        clips, _, ef = first_clips(read_echonet(args.run/name), e)
+        t = temporal_roughness(clips, ef)
         print(f"temporal roughness, {name:>5} ({len(clips)} videos): |first difference| {t['diff']:.4f}, "
-              f"|second difference| {t['diff2']:.4f}, ratio {t['ratio']:.2f}")
+              f"|second difference| {t['diff2']:.4f}, ratio {t['ratio']:.2f}, correlation of a clip's change with its EF {t['ef_corr']:.2f}")
 
 
 if __name__ == "__main__":

@@ -203,12 +203,14 @@ def evaluate_ef(model: EFRegressor, source, *, split="TEST", clips="all", n_boot
     return regression_metrics(pred.ef.to_numpy(), pred.ef_pred.to_numpy(), n_boot=n_boot, seed=seed), pred
 
 @torch.no_grad()
-def first_clips(source, spec, *, split=None, max_videos: int | None = None, seed: int = 0) -> tuple[torch.Tensor, list]:
-    "The first clip of each video (N, 1, T, H, W) under a model's or preset's clip protocol, and the videos' patient ids (for C2ST and Frechet distances)."
+def first_clips(source, spec, *, split=None, max_videos: int | None = None, seed: int = 0) -> tuple[torch.Tensor, list, np.ndarray]:
+    """The first clip of each video (N, 1, T, H, W) under a model's or preset's clip protocol, the videos' patient ids (for C2ST
+    and Frechet distances) and their reference EF (N,) (NaN where a video has none)."""
     data = ef_clips(source, spec, split=split, clips=1)
     idx = np.random.default_rng(seed).permutation(len(data))[:max_videos] if max_videos else np.arange(len(data))
     items = [data[int(i)] for i in idx]
-    return torch.stack([it["video"] for it in items]), [it["patient_id"] for it in items]
+    ef = np.array([it["ef"] for it in items], dtype=float)
+    return torch.stack([it["video"] for it in items]), [it["patient_id"] for it in items], ef
 
 def ef_scatter(ax, pred: pd.DataFrame, metrics: dict, title: str = ""):
     "Predicted against reference EF with the identity line and the metrics in the title."
@@ -367,10 +369,20 @@ def flat_metrics(metrics: dict) -> dict:
     return out
 
 # %% ../nbs/50_ef.ipynb #d8ebb16d
-def temporal_roughness(clips: torch.Tensor) -> dict:
-    "Mean |first| and |second| temporal differences of clips (N, 1, T, H, W) and their ratio (sqrt(3) for independent noise per frame, 0 for static clips)."
+def temporal_roughness(clips: torch.Tensor, ef=None) -> dict:
+    """Mean |first| and |second| temporal differences of clips (N, 1, T, H, W) and their ratio (sqrt(3) for independent noise
+    per frame, 0 for static clips). With the clips' EF (N,) also `ef_corr`: the correlation across clips of a clip's mean
+    |first difference| with its EF (how much "more change" means "higher EF"; 0 when either does not vary)."""
     if clips.ndim != 5 or clips.shape[2] < 3: raise ValueError(f"expected clips (N, C, T >= 3, H, W), got {tuple(clips.shape)}")
     x = clips.float()
-    d1 = (x[:, :, 1:] - x[:, :, :-1]).abs().mean().item()
+    per_clip = (x[:, :, 1:] - x[:, :, :-1]).abs().mean((1, 2, 3, 4))
+    d1 = per_clip.mean().item()
     d2 = (x[:, :, 2:] - 2 * x[:, :, 1:-1] + x[:, :, :-2]).abs().mean().item()
-    return {"diff": d1, "diff2": d2, "ratio": d2 / d1 if d1 > 0 else 0.0}
+    out = {"diff": d1, "diff2": d2, "ratio": d2 / d1 if d1 > 0 else 0.0}
+    if ef is not None:
+        ef = np.asarray(ef, dtype=float).reshape(-1)
+        if len(ef) != len(x): raise ValueError(f"ef: expected one EF per clip ({len(x)}), got {len(ef)}")
+        if not np.isfinite(ef).all(): raise ValueError(f"ef: {int((~np.isfinite(ef)).sum())} clip(s) have no finite EF")
+        a = per_clip.double().numpy()
+        out["ef_corr"] = float(np.corrcoef(a, ef)[0, 1]) if len(ef) > 1 and a.std() > 0 and ef.std() > 0 else 0.0
+    return out

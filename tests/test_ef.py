@@ -184,9 +184,10 @@ def test_missing_ef_is_refused(tmp_path):
 
 
 def test_first_clips_and_loss(tiny_dataset):
-    clips, groups = first_clips(tiny_dataset, {"frames": 8, "period": 1}, split="TRAIN")
+    clips, groups, ef = first_clips(tiny_dataset, {"frames": 8, "period": 1}, split="TRAIN")
     src = read_echonet(tiny_dataset).select("TRAIN")
     assert clips.shape == (len(src), 1, 8, 32, 32) and sorted(groups) == sorted(src.table.PatientID.astype(str))
+    assert sorted(ef) == pytest.approx(sorted(src.table.EF.astype(float)))
     model = EFRegressor(width=4, frames=8)
     loss, logs = ef_loss(model, {"video": clips[:4], "ef": torch.tensor([55.6] * 4, dtype=torch.float64)}, 0)
     assert loss.item() == pytest.approx(0, abs=1e-10) and logs["mae"] == pytest.approx(0, abs=1e-5)
