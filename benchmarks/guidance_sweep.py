@@ -6,9 +6,10 @@ with the run's A-VAE and reads the EF with the run's EF regressor trained on rea
 Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; 2.4-5.1 min per scale at `small` on one thread, by the load),
 then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (0.5-1.5 min each). With
 `--guidance-ef train` every row guides away from the TRAIN videos' mean EF instead of the null EF (`generate`'s `guidance_ef`;
-default: the reference EF the model was configured with, `lvfm.guidance_ef`; `none`: the null EF whatever the model's).
+default: the reference EF the model was configured with, `lvfm.guidance_ef`; `none`: the null EF whatever the model's; a
+number: that EF). `--split VAL` animates VAL anatomies instead of TEST ones, to choose a setting off the test set.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--guidance-ef train]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--guidance-ef train|none|EF] [--split VAL]
 """
 import argparse
 import time
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance-ef", default=None, help="guide away from this EF instead of the null EF ('train': the mean EF "
                     "of the latent cache's TRAIN videos; 'none': the null EF; default: the model's own)")
+    ap.add_argument("--split", default="TEST", choices=("VAL", "TEST"), help="the latent cache's split the anatomies come from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for d in ("vae", "latents", "lvfm", "ef/regressor_real/model"):
@@ -47,7 +49,7 @@ def main():
     for kind, what, value, kw in rows:
         t0 = time.time()
         m, _ = lvfm_adherence(regressor, args.run/"lvfm", args.run/"vae", args.run/"latents", cfg, n_videos=args.videos,
-                              seed=args.seed, kinds=(kind,), guidance_ef=ref, **kw)
+                              seed=args.seed, kinds=(kind,), guidance_ef=ref, split=args.split, **kw)
         print(f"{kind:>9} {what:>14} {value:4g} {m[f'ef_mae_{kind}']:6.2f} {m[f'ef_r2_{kind}']:6.2f} {m[f'ef_slope_{kind}']:6.2f} "
               f"{m[f'ef_bias_{kind}']:6.2f} {time.time() - t0:5.0f}", flush=True)
 

@@ -285,11 +285,12 @@ def _read_requests(regressor: EFRegressor, videos: list, anatomy_ef: np.ndarray,
 def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int | None = None,
                    ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
                    cfg_scale: float | None = None, meanflow_steps: int = 1, requested=None, anatomy: bool = True,
-                   guidance_ef: float | bool | None = None) -> tuple[dict, dict]:
+                   guidance_ef: float | bool | None = None, split: str = "TEST") -> tuple[dict, dict]:
     """EF adherence of the multi-step and one-step LVFM models, measured by `regressor`: ({ef_mae_multistep, ef_r2_multistep, ...}, {kind: table}).
     `kinds` picks the models; `cfg_scale` overrides the multi-step model's guidance scale (None: the one in its config);
     `meanflow_steps` > 1 samples the MeanFlow model ('onestep') with that many average-velocity steps; `guidance_ef` is
     `generate`'s (guide away from that EF instead of the null EF; None: the model's own, False: the null EF).
+    `split`: the latent cache's split the anatomies come from ("TEST"; "VAL" to choose sampler settings off the test set).
     `requested`: None asks for EF evenly spaced over `ef_range`; a function of the anatomies' own EF (their source videos')
     gives the EF to ask for each (e.g. `lambda a: a` asks each anatomy for its own EF). `anatomy=False` generates without
     an anatomy frame. With anatomies whose EF is known, `ef_w_requested_*` / `ef_w_anatomy_*` are the weights of
@@ -308,7 +309,8 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     if not kinds or any(k not in folders for k in kinds): raise ValueError(f"kinds must name some of {tuple(folders)}, got {kinds!r}")
     models = {k: load_lvfm(Path(lvfm_dir)/folders[k]) for k in kinds}
     T = min(m.config.max_frames for m in models.values())
-    test = LatentVideos(latents_dir, split="TEST", max_frames=T)
+    if split not in ("TRAIN", "VAL", "TEST"): raise ValueError(f"split must be 'TRAIN', 'VAL' or 'TEST', got {split!r}")
+    test = LatentVideos(latents_dir, split=split, max_frames=T)
     source = [i % len(test) for i in range(n)]
     anatomies = torch.stack([test[i]["latents"][:, 0] for i in source]) if anatomy else None   # (n, C, h, w), standardised
     anatomy_ef = test.table.EF.to_numpy(float)[source]

@@ -588,7 +588,8 @@ class DistilledObjective:
     as MeanFlow's loss: loss = MeanFlow + `weight` * mean(err / sg(err + c)). With an EF `probe` (a frozen copy is kept)
     and `probe_weight` > 0, also + `probe_weight` * mean(((P(jump) - P(x_1)) * 100 / 5)^2): the jump should read as the
     teacher's video reads (the teacher's reading, not the request, so the term asks for nothing the teacher did not do).
-    The minibatch is drawn from (seed, step), so a resumed training draws what an uninterrupted one would."""
+    The minibatch is drawn from (seed, step, rank), so a resumed training draws what an uninterrupted one would, and
+    under accelerate each process (rank, from torch.distributed) distils its own pairs."""
     def __init__(self, base: LVFMObjective, pairs: dict, weight: float = 1.0, batch_size: int = 8, seed: int = 0, adaptive_c: float = 1e-3,
                  probe: nn.Module | None = None, probe_weight: float = 0.0):
         if getattr(base, "objective", None) != "meanflow": raise ValueError("DistilledObjective: base must be a 'meanflow' LVFMObjective")
@@ -621,10 +622,12 @@ class DistilledObjective:
         jump, x_1 = self.jump(model, index)
         return (jump - x_1).pow(2).flatten(1).mean(1)
 
-    def indices(self, step: int) -> Tensor:
-        "The pairs used at training step `step`: drawn from (seed, step) alone."
+    def indices(self, step: int, rank: int | None = None) -> Tensor:
+        "The pairs used at training step `step` by process `rank` (None: this process's): drawn from (seed, step, rank) alone."
+        if rank is None: rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randint(0, len(self.pairs["x_0"]), (self.batch_size,), generator=g)
+        for _ in range(rank + 1): index = torch.randint(0, len(self.pairs["x_0"]), (self.batch_size,), generator=g)   # rank r: the stream's (r+1)-th draw
+        return index
 
     def __call__(self, model: nn.Module, batch: dict, step: int = 0):
         loss, logs = self.base(model, batch, step)
@@ -633,7 +636,7 @@ class DistilledObjective:
         err = (jump - x_1).pow(2).flatten(1).mean(1)
         loss, logs = loss + self.weight * (err / (err.detach() + self.adaptive_c)).mean(), {**logs, "distill_mse": err.mean().item()}
         if self.probe is not None:
-            self.probe.to(jump.device)
+            if next(self.probe.parameters()).device != jump.device: self.probe.to(jump.device)
             with torch.no_grad(): target = self.probe(x_1)
             gap = (self.probe(jump) - target) * 100                           # EF points
             loss, logs = loss + self.probe_weight * (gap / 5).pow(2).mean(), {**logs, "probe_gap": gap.abs().mean().item()}

@@ -276,6 +276,13 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
         lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=lambda a: a[:2])
     with pytest.raises(ValueError, match="requested must be"):
         lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=5, kinds=("onestep",), requested=[30, 40])
+    # anatomies from another split (choosing sampler settings off the test set)
+    from echoflow.data import LatentVideos
+    val = LatentVideos(cache, split="VAL").table.EF.to_numpy(float)
+    _, tables = lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=4, kinds=("onestep",), split="VAL")
+    assert tables["onestep"].anatomy_ef.to_numpy() == pytest.approx(val[np.arange(4) % len(val)])
+    with pytest.raises(ValueError, match="split"):
+        lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=4, kinds=("onestep",), split="test")
 
 
 def test_balanced_sampling_draws_rare_ef_more_often(tiny_dataset):

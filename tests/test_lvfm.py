@@ -629,9 +629,21 @@ def test_preset_distillation_keys_and_bad_arguments():
     for name in ("smoke", "default", "small", "paper"):
         L = load_preset(name)["lvfm"]
         assert isinstance(L["meanflow_distill_pairs"], int) and L["meanflow_distill_pairs"] >= 0 and L["meanflow_distill_weight"] >= 0
+        phase = L["meanflow_distill_probe_steps"]                               # a probe-term phase needs pairs, a probe term and a probe
+        assert isinstance(phase, int) and phase >= 0 and L["meanflow_distill_probe_lr"] > 0
+        if phase: assert L["meanflow_distill_pairs"] and L["meanflow_distill_probe"] > 0 and L["probe_steps"]
     assert load_preset("smoke")["lvfm"]["meanflow_distill_pairs"] > 0          # the smoke stage exercises the distillation
+    assert load_preset("smoke")["lvfm"]["meanflow_distill_probe_steps"] > 0    # ... and the probe-term phase
     with pytest.raises(ValueError, match="weight"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), weight=float("nan"))
     with pytest.raises(ValueError, match="batch_size"): DistilledObjective(LVFMObjective("meanflow"), _pairs(2), batch_size=0)
+
+
+def test_distillation_pairs_differ_by_rank_and_repeat_by_step():
+    from echoflow.lvfm import DistilledObjective
+    obj = DistilledObjective(LVFMObjective("meanflow"), _pairs(6), batch_size=16)
+    assert torch.equal(obj.indices(3), obj.indices(3, rank=0)) and torch.equal(obj.indices(3), obj.indices(3))
+    assert not torch.equal(obj.indices(3, rank=0), obj.indices(3, rank=1))     # each accelerate process distils its own pairs
+    assert not torch.equal(obj.indices(3), obj.indices(4))
 
 
 def test_distillation_probe_term_pulls_the_jump_to_the_teachers_reading():

@@ -48,6 +48,7 @@ def test_smoke_pipeline_killed_resumed_and_complete(tmp_path):
     missing = [k for k in REQUIRED if not isinstance(metrics.get(k), (int, float)) or not math.isfinite(metrics[k])]
     assert not missing, f"metrics missing or not finite: {missing}"
     assert 0 <= metrics["realism.c2st_accuracy"] <= 1 and metrics["vae.psnr"] > 5 and metrics["lvfm.onestep_speedup"] > 1
+    assert metrics["lvfm.meanflow_probe_train_s"] > 0 and metrics["lvfm.meanflow_probe_gap"] >= 0   # the smoke preset's probe-term phase ran
     for stage in STAGES:
         assert (run / stage.name / stage.notebook).exists(), f"executed notebook of {stage.name} missing"
     report = (run / "report" / "report.md").read_text()
