@@ -155,12 +155,15 @@ def lifm_sampler(model, steps: int, cfg_scale: float = 1.0) -> Callable:
     from echoflow.lifm import sample_anatomies
     return lambda n, view, generator: sample_anatomies(model, n, view, steps=steps, cfg_scale=cfg_scale, generator=generator)
 
-def lvfm_animator(model, *, steps: int | None = None, method: str = "midpoint", num_frames: int | None = None) -> Callable:
-    "`(anatomies, ef_percent, generator) -> latent videos (B, T, C, h, w)` from an LVFM model (one MeanFlow step or a multi-step ODE)."
+def lvfm_animator(model, *, steps: int | None = None, method: str = "midpoint", num_frames: int | None = None,
+                  guidance_ef: float | bool | None = None) -> Callable:
+    """`(anatomies, ef_percent, generator) -> latent videos (B, T, C, h, w)` from an LVFM model (one MeanFlow step or a multi-step ODE).
+    `guidance_ef` is `generate`'s: None guides as the model's config says, False away from the null EF, a number away from that EF."""
     from echoflow.lvfm import generate
     steps = 1 if model.config.meanflow else steps
     def animate(anatomy, ef, generator):
-        z = generate(model, ef, anatomy=anatomy, num_frames=num_frames, steps=steps, method=method, generator=generator)
+        z = generate(model, ef, anatomy=anatomy, num_frames=num_frames, steps=steps, method=method, generator=generator,
+                     guidance_ef=guidance_ef)
         return z.permute(0, 2, 1, 3, 4)
     return animate
 

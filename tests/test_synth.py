@@ -206,3 +206,21 @@ def test_load_components_from_stage_folders(tmp_path):
     assert len(src) == n and src[0].frames.shape == (8, 32, 32)
     assert stats["max_similarity_exported"] < parts["filter"].threshold
     with pytest.raises(ValueError, match="synth.sampler"): load_components(data_dir=data, latents_dir=cache, sampler="fast", **dirs)
+
+
+def test_lvfm_animator_guides_as_asked():
+    "guidance_ef reaches the sampler: the model's own reference (None), the null EF (False) or a number, each a different video."
+    from echoflow.lvfm import build_lvfm
+    from echoflow.synth import lvfm_animator
+    L = dict(load_preset("smoke", {"lvfm.guidance_ef": 50.0})["lvfm"])
+    torch.manual_seed(0)
+    model = build_lvfm(L, 4, 8).eval()
+    with torch.no_grad():
+        for p in model.parameters(): p.add_(0.05 * torch.randn_like(p))               # a zero-initialised head would ignore EF
+    anatomy, ef = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([30.0, 70.0])
+    def video(**kw):
+        with torch.no_grad(): return lvfm_animator(model, steps=2, **kw)(anatomy, ef, torch.Generator().manual_seed(2))
+    own, null, at50, at20 = video(), video(guidance_ef=False), video(guidance_ef=50.0), video(guidance_ef=20.0)
+    assert own.shape == (2, L["frames"], 4, 8, 8)
+    assert torch.equal(own, at50)                                                     # the model's config says 50
+    assert (own - null).abs().max() > 1e-4 and (own - at20).abs().max() > 1e-4
