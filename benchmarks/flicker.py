@@ -7,14 +7,14 @@ Reads a finished run (`data/`, `synth/`, `latents/`, `vae/`, `lvfm/flow_model`, 
    TEST videos (two clips a video), as they are and smoothed once in time ([1, 2, 1] / 4): a regressor that reads EF from flicker loses
    much more to the smoothing than one that reads it from wall motion. Mean bias (predicted - reference) and slope.
 2. The multi-step model's videos for the first TEST anatomies at EF 20..80 (the adherence protocol, the model's own
-   guidance and probe steering), started from independent noise and from noise correlated over frames (AR(1), `--rho`;
+   guidance, or the null EF's with `--null-guidance`, and probe steering), started from independent noise and from noise correlated over frames (AR(1), `--rho`;
    same marginal distribution): the temporal high-pass of the generated latents (clip minus its smoothed self, against
    the real latents'), its correlation with the starting noise's high-pass, the decoded clips' `temporal_roughness`,
    and the EF the real-trained regressor reads (MAE, bias, slope).
 
 About 4 minutes at `small` on 2 cores.
 
-    .venv/bin/python benchmarks/flicker.py runs/small [--preset small] [--videos 32] [--rho 0,0.5,0.8,0.95]
+    .venv/bin/python benchmarks/flicker.py runs/small [--preset small] [--videos 32] [--rho 0,0.5,0.8,0.95] [--null-guidance]
 """
 import argparse
 from pathlib import Path
@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--preset", default="small")
     ap.add_argument("--videos", type=int, default=32)
     ap.add_argument("--rho", default="0,0.5,0.8,0.95", help="AR(1) coefficients of the starting noise over frames (0: independent)")
+    ap.add_argument("--null-guidance", action="store_true", help="guide away from the null EF whatever the model's reference EF (lvfm.guidance_ef)")
     args = ap.parse_args()
     run, L = args.run, load_preset(args.preset)["lvfm"]
     need = [run/"data", run/"synth", run/"latents", run/"vae"/"model", run/"lvfm"/"flow_model", run/"ef"/"regressor_real"/"model",
@@ -75,11 +76,12 @@ def main():
 
     print("1. the EF regressors on TEST videos, as they are and smoothed once in time: bias (slope)")
     print(f"{'regressor':>10} {'videos':>10} {'as they are':>14} {'smoothed':>14}")
+    sources = {"real": read_echonet(run/"data"), "synthetic": read_echonet(run/"synth")}   # read once, reused by every row
     for reg_name, reg in regs.items():
-        for vid_name, folder in (("real", run/"data"), ("synthetic", run/"synth")):
+        for vid_name, source in sources.items():
             cells = []
             for smooth in (False, True):
-                p = predict_smoothed(reg, read_echonet(folder), smooth)
+                p = predict_smoothed(reg, source, smooth)
                 a = ef_adherence(p.ef, p.ef_pred, n_boot=0)
                 cells.append(f"{a['bias']:+6.1f} ({a['slope']:.2f})")
             print(f"{reg_name:>10} {vid_name:>10} {cells[0]:>14} {cells[1]:>14}", flush=True)
@@ -98,7 +100,8 @@ def main():
     for rho in (float(r) for r in args.rho.split(",")):
         x0 = ar1_noise(e, rho)
         z = torch.cat([generate(flow, ef[i:i + 8], anatomy=anatomies[i:i + 8], num_frames=T, noise=x0[i:i + 8],
-                                steps=L["sample_steps"], method=L["sample_method"]) for i in range(0, n, 8)])
+                                steps=L["sample_steps"], method=L["sample_method"], guidance_ef=False if args.null_guidance else None)
+                       for i in range(0, n, 8)])
         hz, hx = highpass(z), highpass(x0)
         corr = float((hz * hx).sum() / (hz.norm() * hx.norm()))
         px = decode_video(vae, z, scaling=run/"latents")[:, 0]
