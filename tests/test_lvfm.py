@@ -665,3 +665,20 @@ def test_distillation_probe_term_pulls_the_jump_to_the_teachers_reading():
     assert "probe_gap" in res.history[-1]
     assert gap(res.model) < 0.5 * before, (before, gap(res.model))
     assert all(torch.equal(a, b) for a, b in zip(obj.probe.state_dict().values(), probe.state_dict().values()))   # the probe is not trained
+
+
+def test_preset_steering_needs_a_probe(tmp_path):
+    "Every preset that steers by the EF probe trains one; the stage refuses a steering scale without a probe, naming the key, before any work."
+    for name in ("smoke", "default", "small", "paper"):
+        L = load_preset(name)["lvfm"]
+        for key in ("probe_scale", "meanflow_probe_scale"):
+            assert L[key] >= 0 and (L[key] == 0 or L["probe_steps"] > 0), (name, key)
+    papermill = pytest.importorskip("papermill")
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for overrides, message in (({"lvfm.probe_steps": 0, "lvfm.probe_scale": 0.0, "lvfm.meanflow_distill_probe": 0.0,
+                                 "lvfm.meanflow_distill_probe_steps": 0}, "lvfm.meanflow_probe_scale > 0 steers by the EF probe"),
+                               ({"lvfm.meanflow_probe_scale": -1.0}, "lvfm.meanflow_probe_scale must be a finite number >= 0")):
+        with pytest.raises(papermill.PapermillExecutionError, match=message):
+            papermill.execute_notebook(str(root/"nbs"/"31_lvfm.ipynb"), str(tmp_path/"out.ipynb"), cwd=str(root/"nbs"), progress_bar=False,
+                                       kernel_name="python3", parameters={"preset": "smoke", "overrides": overrides})
