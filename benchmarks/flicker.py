@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 
 from echoflow.core import EchoVideo, load_model, load_preset, to_uint8
 from echoflow.data import LatentVideos, read_echonet
-from echoflow.ef import EFRegressor, _read_requests, predict_ef, temporal_roughness
+from echoflow.ef import EFRegressor, predict_ef, read_requests, temporal_roughness
 from echoflow.lvfm import generate, load_lvfm
 from echoflow.metrics import ef_adherence
 from echoflow.synth import synthetic_fps
@@ -108,7 +108,7 @@ def main():
         rough = temporal_roughness(px[:, None])
         videos = [EchoVideo(name=f"v_{i:04d}", frames=to_uint8(px[i]), fps=fps, ef=float(ef[i]), patient_id=f"v_{i:04d}", split="TEST")
                   for i in range(n)]
-        m, _ = _read_requests(regs["real"], videos, np.full(n, np.nan), "v", dependence=False)
+        m, _ = read_requests(regs["real"], videos, np.full(n, np.nan), "v", dependence=False)
         print(f"{rho:5.2f} {hz.abs().mean():12.3f} {corr:11.2f} {rough['diff']:8.4f} {rough['ratio']:6.2f} {m['ef_mae_v']:7.2f} "
               f"{m['ef_bias_v']:+6.1f} {m['ef_slope_v']:6.2f}", flush=True)
 

@@ -26,8 +26,8 @@ from .train import FitResult, fit, fit_options
 # %% auto #0
 __all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'ef_sample_weights',
            'ef_train_loader', 'train_ef_regressor', 'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter',
-           'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'lvfm_adherence', 'adherence_ceiling',
-           'results_table', 'flat_metrics', 'temporal_roughness']
+           'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'read_requests', 'lvfm_adherence',
+           'adherence_ceiling', 'results_table', 'flat_metrics', 'temporal_roughness']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
 def midplanes(in_planes: int, out_planes: int, t: int = 3, d: int = 3) -> int:
@@ -265,10 +265,18 @@ def _requested_efs(requested, anatomy_ef: np.ndarray, ef_range: tuple, where) ->
     if out.shape != (n,): raise ValueError(f"requested: the function must return {n} values (one per anatomy), got {out.shape[0]}")
     return out
 
-def _read_requests(regressor: EFRegressor, videos: list, anatomy_ef: np.ndarray, kind: str, *, seed: int = 0,
+def read_requests(regressor: EFRegressor, videos: list, anatomy_ef: np.ndarray, kind: str, *, seed: int = 0,
                    dependence: bool = True) -> tuple[dict, pd.DataFrame]:
-    """Read `videos` (named `<kind>_<i>`, labelled with the EF asked of anatomy i) with `regressor`: `ef_adherence`'s figures
-    as `ef_*_<kind>` (with `ef_dependence`'s weights when `dependence` and every anatomy's EF is known), and the table."""
+    """EF adherence of generated `videos` read by `regressor`: ({ef_mae_<kind>, ef_r2_<kind>, ...}, table). Video i is named
+    `<kind>_<i>` and labelled with the EF asked of it; `anatomy_ef[i]` is the EF of the video its anatomy frame came from
+    (NaN where unknown). The figures are `ef_adherence`'s as `ef_*_<kind>`, with `ef_dependence`'s weights when
+    `dependence` and every anatomy's EF is known; the table has one row per video: requested, measured and anatomy EF.
+    `lvfm_adherence`, `adherence_ceiling` and `benchmarks/flicker.py` read their videos with it."""
+    index = [v.name[len(kind) + 1:] if v.name.startswith(f"{kind}_") else "" for v in videos]
+    if not all(i.isdigit() for i in index) or sorted(map(int, index)) != list(range(len(videos))):
+        raise ValueError(f"videos: expected the names {kind}_0 .. {kind}_{len(videos) - 1}, one each, got {[v.name for v in videos][:4]}...")
+    anatomy_ef = np.asarray(anatomy_ef, float).reshape(-1)
+    if len(anatomy_ef) != len(videos): raise ValueError(f"anatomy_ef: expected {len(videos)} values (one per video), got {len(anatomy_ef)}")
     with tempfile.TemporaryDirectory(prefix="echoflow_adherence_") as d:
         pred = predict_ef(regressor, write_echonet(Path(d)/kind, videos, tracings=False), clips="all")
     order = [int(name.rsplit("_", 1)[1]) for name in pred.name]                                  # the reader's order -> ours
@@ -325,7 +333,7 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)
         videos = [EchoVideo(name=f"{kind}_{i:04d}", frames=to_uint8(pixels[i]), fps=fps, ef=float(requested[i]),
                             patient_id=f"{kind}_{i:04d}", split="TEST") for i in range(n)]
-        m, tables[kind] = _read_requests(regressor, videos, anatomy_ef, kind, seed=seed, dependence=anatomy)
+        m, tables[kind] = read_requests(regressor, videos, anatomy_ef, kind, seed=seed, dependence=anatomy)
         out |= m
     return out, tables
 
@@ -349,7 +357,7 @@ def adherence_ceiling(regressor: EFRegressor, latents_dir, cfg: dict, *, n_video
     requested = _requested_efs(requested, anatomy_ef, ef_range, latents_dir)
     videos = phantom_counterfactuals(rows, cfg["data"], requested, names=[f"ceiling_{i:04d}" for i in range(n)])
     for v in videos: v.split, v.patient_id = "TEST", v.name
-    return _read_requests(regressor, videos, anatomy_ef, "ceiling")
+    return read_requests(regressor, videos, anatomy_ef, "ceiling")
 
 
 # %% ../nbs/50_ef.ipynb #64561d59

@@ -306,3 +306,25 @@ def test_balanced_sampling_draws_rare_ef_more_often(tiny_dataset):
 
 def iter_forever(loader):
     while True: yield from loader
+
+
+def test_read_requests_matches_videos_to_their_requests_and_checks_names(tmp_path):
+    "Videos named <kind>_<i> come back with their own request and anatomy EF whatever order the reader lists them in."
+    from echoflow.ef import read_requests
+    base = beating_disk_videos(n_patients=6, videos_per_patient=2)
+    req = np.linspace(20, 80, len(base))
+    videos = [EchoVideo(name=f"gen_{i}", frames=v.frames, fps=v.fps, ef=float(req[i]), patient_id=f"gen_{i}", split="TEST")
+              for i, v in enumerate(base)]
+    videos = [videos[i] for i in np.random.default_rng(0).permutation(len(videos))]   # handed over out of order
+    anatomy = req + 1000 + np.arange(len(req))                        # each video's anatomy EF tells which video a row is
+    regressor = EFRegressor(width=4, frames=8, period=1).eval()
+    with torch.no_grad(): regressor.head.weight.normal_()
+    out, t = read_requests(regressor, videos, anatomy, "gen", dependence=False)
+    assert len(t) == len(videos) and t.requested_ef.tolist() != sorted(t.requested_ef.tolist())   # the rows come in the order handed over
+    i = (t.anatomy_ef - t.requested_ef - 1000).round().astype(int)
+    assert t.requested_ef.to_numpy() == pytest.approx(req[i]) and sorted(i) == list(range(len(videos)))
+    measured = predict_ef(regressor, write_echonet(tmp_path/"gen", videos, tracings=False), clips="all")
+    assert t.measured_ef.to_numpy() == pytest.approx(measured.ef_pred.to_numpy(), abs=1e-4)
+    assert out["ef_mae_gen"] == pytest.approx(np.abs(t.measured_ef - t.requested_ef).mean(), rel=1e-5)
+    with pytest.raises(ValueError, match="gen_0 .. gen_11"): read_requests(regressor, videos[1:] + [videos[1]], anatomy, "gen")   # gen_1 twice, no gen_0
+    with pytest.raises(ValueError, match="anatomy_ef: expected 12"): read_requests(regressor, videos, anatomy[:5], "gen")
