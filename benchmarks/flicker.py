@@ -7,8 +7,8 @@ Reads a finished run (`data/`, `synth/`, `latents/`, `vae/`, `lvfm/flow_model`, 
    TEST videos (two clips a video), as they are and smoothed once in time ([1, 2, 1] / 4): a regressor that reads EF from flicker loses
    much more to the smoothing than one that reads it from wall motion. Mean bias (predicted - reference) and slope.
 2. The multi-step model's videos for the first TEST anatomies at EF 20..80 (the adherence protocol, the model's own
-   guidance, or the null EF's with `--null-guidance`, and probe steering), started from independent noise and from noise correlated over frames (AR(1), `--rho`;
-   same marginal distribution): the temporal high-pass of the generated latents (clip minus its smoothed self, against
+   guidance, or the null EF's with `--null-guidance`, and probe steering), started from independent noise and from
+   noise correlated over frames (AR(1), `--rho`; same marginal distribution): the temporal high-pass of the generated latents (clip minus its smoothed self, against
    the real latents'), its correlation with the starting noise's high-pass, the decoded clips' `temporal_roughness`,
    and the EF the real-trained regressor reads (MAE, bias, slope).
 

@@ -4,12 +4,13 @@ Where `ef_guidance.py` trains a model on stand-in latents, this one measures the
 animates the first frame of TEST clips at EF asked on an even grid over 20-80% with each guidance scale, decodes
 with the run's A-VAE and reads the EF with the run's EF regressor trained on real videos (`ef/regressor_real`).
 Prints MAE, R^2, slope and bias per scale (the table in `31_lvfm`; 2.4-5.1 min per scale at `small` on one thread, by the load),
-then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (0.5-1.5 min each). With
+then the same for the MeanFlow model sampled with each number of `--meanflow-steps` (0.5-1.5 min each) and, one
+step, steered by its EF probe at each of `--probe-scales` (the table of `31_lvfm` that chose `lvfm.meanflow_probe_scale`). With
 `--guidance-ef train` every row guides away from the TRAIN videos' mean EF instead of the null EF (`generate`'s `guidance_ef`;
 default: the reference EF the model was configured with, `lvfm.guidance_ef`; `none`: the null EF whatever the model's; a
 number: that EF). `--split VAL` animates VAL anatomies instead of TEST ones, to choose a setting off the test set.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--guidance-ef train|none|EF] [--split VAL]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--probe-scales 0,5] [--guidance-ef train|none|EF] [--split VAL]
 """
 import argparse
 import time
@@ -27,6 +28,7 @@ def main():
     ap.add_argument("run", type=Path, help="a run folder with vae/, latents/, lvfm/ and ef/ stage outputs")
     ap.add_argument("--preset", default="small"); ap.add_argument("--scales", default="4,8,14,20")
     ap.add_argument("--meanflow-steps", default="1,2,4", help="MeanFlow sampling steps to measure ('' for none)")
+    ap.add_argument("--probe-scales", default="", help="one-step model: EF-probe steering strengths to measure (`lvfm.meanflow_probe_scale`; '' for none)")
     ap.add_argument("--videos", type=int, default=None, help="videos per scale (default: the preset's lvfm.eval_videos)")
     ap.add_argument("--threads", type=int, default=1); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance-ef", default=None, help="guide away from this EF instead of the null EF ('train': the mean EF "
@@ -45,6 +47,7 @@ def main():
     if ref is not None and ref is not False: print(f"guided away from EF {ref:.2f} instead of the null EF")
     rows = [("multistep", "cfg scale", float(s), {"cfg_scale": float(s)}) for s in args.scales.split(",") if s]
     rows += [("onestep", "MeanFlow steps", int(n), {"meanflow_steps": int(n)}) for n in args.meanflow_steps.split(",") if n]
+    rows += [("onestep", "probe scale", float(x), {"onestep_probe_scale": float(x)}) for x in args.probe_scales.split(",") if x]
     print(f"{'model':>9} {'setting':>19} {'MAE':>6} {'R^2':>6} {'slope':>6} {'bias':>6} {'s':>5}")
     for kind, what, value, kw in rows:
         t0 = time.time()

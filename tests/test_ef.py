@@ -260,6 +260,13 @@ def test_lvfm_adherence_runs_on_saved_stage_folders(tiny_dataset, tmp_path, monk
     seen.clear()
     lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",), meanflow_steps=2)
     assert seen == [(None, 2)]
+    probe_scales = []
+    def spy_probe(model, ef, **kw):
+        probe_scales.append(kw.get("ef_probe_scale")); return generate(model, ef, **kw)
+    monkeypatch.setattr(lvfm_mod, "generate", spy_probe)
+    lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",), onestep_probe_scale=0.0)
+    lvfm_adherence(regressor, tmp_path/"lvfm", tmp_path/"vae", cache, cfg, n_videos=3, kinds=("onestep",))
+    assert probe_scales == [0.0, None]                                                # the override reaches the one-step sampler
     # requests made from each anatomy's own EF, and generation without an anatomy frame
     anatomies = []
     def spy_anatomy(model, ef, **kw):
