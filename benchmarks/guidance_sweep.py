@@ -9,8 +9,11 @@ step, steered by its EF probe at each of `--probe-scales` (the table of `31_lvfm
 `--guidance-ef train` every row guides away from the TRAIN videos' mean EF instead of the null EF (`generate`'s `guidance_ef`;
 default: the reference EF the model was configured with, `lvfm.guidance_ef`; `none`: the null EF whatever the model's; a
 number: that EF). `--split VAL` animates VAL anatomies instead of TEST ones, to choose a setting off the test set.
+`--fit-ef-map` prints, under each row, the EF calibration `fit_ef_map` makes of its readings (for a one-step row, the
+value of `lvfm.meanflow_ef_map`; fit on VAL, with the models' own maps off); `--ef-map a,b` samples every row with that
+calibration instead of the model's own (`none`: without one).
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--probe-scales 0,5] [--guidance-ef train|none|EF] [--split VAL]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/guidance_sweep.py runs/small [--preset small] [--scales 4,8,14,20] [--meanflow-steps 1,2,4] [--probe-scales 0,5] [--guidance-ef train|none|EF] [--split VAL] [--fit-ef-map] [--ef-map a,b|none]
 """
 import argparse
 import time
@@ -21,6 +24,7 @@ import torch
 from echoflow.core import load_model, load_preset
 from echoflow.data import LatentVideos
 from echoflow.ef import EFRegressor, lvfm_adherence
+from echoflow.lvfm import fit_ef_map
 
 
 def main():
@@ -34,6 +38,8 @@ def main():
     ap.add_argument("--guidance-ef", default=None, help="guide away from this EF instead of the null EF ('train': the mean EF "
                     "of the latent cache's TRAIN videos; 'none': the null EF; default: the model's own)")
     ap.add_argument("--split", default="TEST", choices=("VAL", "TEST"), help="the latent cache's split the anatomies come from")
+    ap.add_argument("--ef-map", default=None, help="the EF calibration 'a,b' to sample with ('none': without; default: each model's own)")
+    ap.add_argument("--fit-ef-map", action="store_true", help="print the EF calibration fitted to each row's readings")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for d in ("vae", "latents", "lvfm", "ef/regressor_real/model"):
@@ -45,16 +51,22 @@ def main():
     elif ref == "none": ref = False
     elif ref is not None: ref = float(ref)
     if ref is not None and ref is not False: print(f"guided away from EF {ref:.2f} instead of the null EF")
+    ef_map = None if args.ef_map is None else False if args.ef_map == "none" else tuple(float(v) for v in args.ef_map.split(","))
+    if args.fit_ef_map and ef_map is None: ef_map = False          # fitted on the model's own readings, without a map
+    if ef_map is not None: print(f"sampled with EF calibration {ef_map if ef_map else 'none'}")
     rows = [("multistep", "cfg scale", float(s), {"cfg_scale": float(s)}) for s in args.scales.split(",") if s]
     rows += [("onestep", "MeanFlow steps", int(n), {"meanflow_steps": int(n)}) for n in args.meanflow_steps.split(",") if n]
     rows += [("onestep", "probe scale", float(x), {"onestep_probe_scale": float(x)}) for x in args.probe_scales.split(",") if x]
     print(f"{'model':>9} {'setting':>19} {'MAE':>6} {'R^2':>6} {'slope':>6} {'bias':>6} {'s':>5}")
     for kind, what, value, kw in rows:
         t0 = time.time()
-        m, _ = lvfm_adherence(regressor, args.run/"lvfm", args.run/"vae", args.run/"latents", cfg, n_videos=args.videos,
-                              seed=args.seed, kinds=(kind,), guidance_ef=ref, split=args.split, **kw)
+        m, tables = lvfm_adherence(regressor, args.run/"lvfm", args.run/"vae", args.run/"latents", cfg, n_videos=args.videos,
+                                   seed=args.seed, kinds=(kind,), guidance_ef=ref, split=args.split, ef_map=ef_map, **kw)
         print(f"{kind:>9} {what:>14} {value:4g} {m[f'ef_mae_{kind}']:6.2f} {m[f'ef_r2_{kind}']:6.2f} {m[f'ef_slope_{kind}']:6.2f} "
               f"{m[f'ef_bias_{kind}']:6.2f} {time.time() - t0:5.0f}", flush=True)
+        if args.fit_ef_map:
+            a, b = fit_ef_map(tables[kind].requested_ef, tables[kind].measured_ef)
+            print(f"{'':>9} fitted EF calibration (a, b): [{a:.2f}, {b:.3f}]", flush=True)
 
 
 if __name__ == "__main__":

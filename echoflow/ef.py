@@ -294,11 +294,12 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
                    ef_range: tuple = (20.0, 80.0), seed: int = 0, kinds: tuple = ("multistep", "onestep"),
                    cfg_scale: float | None = None, meanflow_steps: int = 1, requested=None, anatomy: bool = True,
                    guidance_ef: float | bool | None = None, split: str = "TEST",
-                   onestep_probe_scale: float | None = None) -> tuple[dict, dict]:
+                   onestep_probe_scale: float | None = None, ef_map=None) -> tuple[dict, dict]:
     """EF adherence of the multi-step and one-step LVFM models, measured by `regressor`: ({ef_mae_multistep, ef_r2_multistep, ...}, {kind: table}).
     `kinds` picks the models; `cfg_scale` overrides the multi-step model's guidance scale (None: the one in its config);
     `meanflow_steps` > 1 samples the MeanFlow model ('onestep') with that many average-velocity steps, and
-    `onestep_probe_scale` overrides its steering by the attached EF probe (None: its config's); `guidance_ef` is
+    `onestep_probe_scale` overrides its steering by the attached EF probe (None: its config's); `ef_map` overrides both
+    models' EF calibration (`generate`'s: (a, b), or False for none; None: each model's own); `guidance_ef` is
     `generate`'s (guide away from that EF instead of the null EF; None: the model's own, False: the null EF).
     `split`: the latent cache's split the anatomies come from ("TEST"; "VAL" to choose sampler settings off the test set).
     `requested`: None asks for EF evenly spaced over `ef_range`; a function of the anatomies' own EF (their source videos')
@@ -328,10 +329,11 @@ def lvfm_adherence(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     requested = _requested_efs(requested, anatomy_ef, ef_range, latents_dir)
     out, tables = {}, {}
     for kind, model in models.items():
-        kw = {"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep" else {"steps": meanflow_steps, "ef_probe_scale": onestep_probe_scale}
+        kw = ({"steps": V["sample_steps"], "method": V["sample_method"], "cfg_scale": cfg_scale} if kind == "multistep"
+              else {"steps": meanflow_steps, "ef_probe_scale": onestep_probe_scale})
         g = torch.Generator().manual_seed(seed)
         z = torch.cat([generate(model, requested[i:i + 8].tolist(), anatomy=None if anatomies is None else anatomies[i:i + 8],
-                                num_frames=T, generator=g, guidance_ef=guidance_ef, **kw) for i in range(0, n, 8)])
+                                num_frames=T, generator=g, guidance_ef=guidance_ef, ef_map=ef_map, **kw) for i in range(0, n, 8)])
         pixels = decode_video(vae, z, scaling=latents_dir)[:, 0]                                  # (n, T, H, W)
         videos = [EchoVideo(name=f"{kind}_{i:04d}", frames=to_uint8(pixels[i]), fps=fps, ef=float(requested[i]),
                             patient_id=f"{kind}_{i:04d}", split="TEST") for i in range(n)]

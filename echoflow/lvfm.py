@@ -31,10 +31,11 @@ from .flow.meanflow import meanflow_loss, meanflow_sample
 __all__ = ['BACKBONES', 'frame_channel', 'masked_condition', 'anatomy_observed', 'reference_frames', 'sample_observed_mask',
            'truncate_clips', 'sinusoidal_embedding', 'ScalarEmbedder', 'EFEmbedder', 'sincos_grid', 'modulate',
            'Attention', 'SpaceTimeBlock', 'SpaceTimeTransformer', 'SpatioTemporalUNet', 'build_lvfm', 'load_lvfm',
-           'unpack_batch', 'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'generate',
+           'unpack_batch', 'LVFMObjective', 'lvfm_objective', 'init_from_flow', 'guidance_of', 'ef_map_of', 'generate',
            'LatentEFProbe', 'train_ef_probe', 'attach_ef_probe', 'probe_guided', 'teacher_pairs', 'DistilledObjective',
-           'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea', 'nfe', 'time_generation',
-           'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch', 'fit_ef_meter', 'ef_adherence']
+           'fit_ef_map', 'set_ef_map', 'LVSegmenter', 'train_lv_segmenter', 'lv_area_curves', 'area_ef', 'EFByArea',
+           'nfe', 'time_generation', 'phantom_latent_cache', 'decode_latents', 'traced_masks', 'clip_batch',
+           'fit_ef_meter', 'ef_adherence']
 
 # %% ../nbs/31_lvfm.ipynb #90893968
 def frame_channel(mask: Tensor, like: Tensor) -> Tensor:
@@ -189,7 +190,7 @@ class SpaceTimeTransformer(ModelMixin, ConfigMixin):
                  hidden_size: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, meanflow: bool = False,
                  reference: bool = True, ef_scale: float = 10.0, guidance_scale: float = 1.0,
                  guidance_ef: float | None = None, ef_probe_width: int = 0, ef_probe_scale: float = 0.0,
-                 ef_probe_until: float = 0.5):
+                 ef_probe_until: float = 0.5, ef_map: list | None = None):
         super().__init__()
         self.ef_probe = LatentEFProbe(latent_channels, ef_probe_width) if ef_probe_width else None   # see `attach_ef_probe`
         if sample_size % patch_size: raise ValueError(f"sample_size {sample_size} must be divisible by patch_size {patch_size}")
@@ -234,7 +235,8 @@ class SpatioTemporalUNet(ModelMixin, ConfigMixin):
                  block_out_channels: tuple = (64, 128), layers_per_block: int = 1, heads: tuple = (2, 4),
                  ef_dim: int = 32, add_time_dim: int = 32, meanflow: bool = False, reference: bool = True,
                  ef_scale: float = 10.0, guidance_scale: float = 1.0, guidance_ef: float | None = None,
-                 ef_probe_width: int = 0, ef_probe_scale: float = 0.0, ef_probe_until: float = 0.5):
+                 ef_probe_width: int = 0, ef_probe_scale: float = 0.0, ef_probe_until: float = 0.5,
+                 ef_map: list | None = None):
         super().__init__()
         self.ef_probe = LatentEFProbe(latent_channels, ef_probe_width) if ef_probe_width else None
         n, C = len(block_out_channels), latent_channels
@@ -407,18 +409,30 @@ def _as_ef(ef, B: int | None, device) -> Tensor:
     if not torch.isfinite(ef).all() or (ef < 0).any() or (ef > 100).any(): raise ValueError(f"ef: expected percentages in [0, 100], got {ef.tolist()}")
     return ef
 
+def ef_map_of(model: nn.Module, ef_map=None) -> tuple[float, float] | None:
+    """The EF calibration (a, b) that `generate` applies, asking for EF a + b * EF in place of EF: `ef_map` when
+    given, False for none, None for the model's own (`config.ef_map`, stored by `set_ef_map`; None where it has none)."""
+    if ef_map is False: return None
+    if ef_map is None: ef_map = getattr(model.config, "ef_map", None)
+    if ef_map is None: return None
+    try: a, b = (float(v) for v in ef_map)
+    except (TypeError, ValueError): raise ValueError(f"ef_map: expected (a, b), EF a + b * EF being asked for in place of EF, got {ef_map!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b) and b > 0): raise ValueError(f"ef_map: expected finite a and b > 0, got ({a}, {b})")
+    return a, b
+
 @torch.no_grad()
 def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: Tensor | None = None,
              observed_mask: Tensor | None = None, num_frames: int | None = None, steps: int | None = None,
              method: str = "midpoint", cfg_scale: float | None = None, anatomy_frame: int = 0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
              return_intermediates: bool = False, guidance_ef: float | bool | None = None,
-             ef_probe_scale: float | None = None):
+             ef_probe_scale: float | None = None, ef_map=None):
     """Latent videos (B, C, T, h, w) at EF `ef` (%), from an anatomy frame, any observed frames, or nothing; with `return_intermediates` also the states at every step (steps + 1, B, C, T, h, w), noise first.
     `guidance_ef` (%): guide away from the velocity at this EF instead of the null EF's; None: the model's own
     (`config.guidance_ef`, classifier-free guidance if unset); False: classifier-free guidance whatever the model's.
     `ef_probe_scale`: the strength of the steering by the model's attached EF probe (`attach_ef_probe`); None: the
-    model's own (`config.ef_probe_scale`), 0: off."""
+    model's own (`config.ef_probe_scale`), 0: off. `ef_map` (a, b): ask the network, and steer the probe, for EF a + b * `ef`
+    (clipped to 0..100) in place of `ef` (`fit_ef_map`); None: the model's own (`config.ef_map`), False: none."""
     cfg = model.config
     cfg_scale = guidance_of(model, cfg_scale)
     if guidance_ef is None:   # the model's reference EF is dropped at scale 0, where it would replace the request
@@ -454,6 +468,8 @@ def generate(model: nn.Module, ef, *, anatomy: Tensor | None = None, observed: T
         observed, observed_mask = torch.zeros(B, C, T, h, w), torch.zeros(B, T, dtype=torch.bool)
     if not isinstance(T, int) or not 1 <= T <= T_max: raise ValueError(f"num_frames: expected 1..{T_max} (the trained maximum), got {T}")
     ef = _as_ef(ef, B, device)
+    a_b = ef_map_of(model, ef_map)
+    if a_b is not None: ef = (a_b[0] + a_b[1] * ef).clamp(0.0, 100.0)          # the calibrated request, for network and probe alike
     steps = steps if steps is not None else (1 if meanflow else 25)
     if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps: expected a positive int, got {steps!r}")
     T_run = T if getattr(model, "handles_short_clips", False) else T_max
@@ -641,6 +657,26 @@ class DistilledObjective:
             gap = (self.probe(jump) - target) * 100                           # EF points
             loss, logs = loss + self.probe_weight * (gap / 5).pow(2).mean(), {**logs, "probe_gap": gap.abs().mean().item()}
         return loss, logs
+
+# %% ../nbs/31_lvfm.ipynb #a949bccb
+def fit_ef_map(requested, measured) -> tuple[float, float]:
+    """The EF calibration (a, b) for `set_ef_map` from readings of a model without one: asked for `requested` EF (%),
+    read as `measured`. Fits measured = alpha + beta * requested by least squares and inverts it (a = -alpha / beta,
+    b = 1 / beta), so that the model asked for a + b * EF reads EF on that line. Refuses a model that hardly follows the
+    request (beta <= 0.2), where a map would only amplify scatter."""
+    r, m = (np.asarray(v, dtype=float).reshape(-1) for v in (requested, measured))
+    if len(r) != len(m): raise ValueError(f"requested ({len(r)}) and measured ({len(m)}) must have one value per video")
+    if len(r) < 3 or not (np.isfinite(r).all() and np.isfinite(m).all()): raise ValueError("requested / measured: need >= 3 finite values each")
+    if np.ptp(r) == 0: raise ValueError("requested: needs at least two different EFs")
+    beta, alpha = np.polyfit(r, m, 1)
+    if beta <= 0.2: raise ValueError(f"measured EF follows the request with slope {beta:.2f}: a calibration needs > 0.2")
+    return float(-alpha / beta), float(1 / beta)
+
+def set_ef_map(model: nn.Module, ef_map) -> nn.Module:
+    "Store the EF calibration (a, b) (`fit_ef_map`) in `model`'s config, saved with it; None removes it. Returns `model`."
+    a_b = None if ef_map is None else ef_map_of(model, tuple(ef_map))
+    model.register_to_config(ef_map=None if a_b is None else [a_b[0], a_b[1]])
+    return model
 
 # %% ../nbs/31_lvfm.ipynb #a4e50674
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:

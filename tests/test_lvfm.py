@@ -538,8 +538,9 @@ def test_probe_steering_moves_the_probe_reading_and_round_trips(tmp_path, make):
     save_model(flow, tmp_path/"m")
     back = load_lvfm(tmp_path/"m")
     assert back.config.ef_probe_scale == 3.0 and back.config.ef_probe_until == 0.5
-    assert torch.equal(generate(back, asked, **kw), steered)
-    assert torch.equal(generate(back, asked, ef_probe_scale=0.0, **kw), plain)
+    # a reloaded model matches to float rounding (bitwise on some CPUs only: an AMD EPYC differs in the last bits)
+    assert torch.allclose(generate(back, asked, **kw), steered, atol=1e-5)
+    assert torch.allclose(generate(back, asked, ef_probe_scale=0.0, **kw), plain, atol=1e-5)
 
 
 def test_probe_steering_acts_only_until_its_flow_time():
@@ -668,7 +669,8 @@ def test_distillation_probe_term_pulls_the_jump_to_the_teachers_reading():
 
 
 def test_preset_steering_needs_a_probe(tmp_path):
-    "Every preset that steers by the EF probe trains one; the stage refuses a steering scale without a probe, naming the key, before any work."
+    """Every preset that steers by the EF probe trains one; the stage refuses a steering scale without a probe, and an EF
+    calibration that is not [a, b] with b > 0, naming the key, before any work."""
     for name in ("smoke", "default", "small", "paper"):
         L = load_preset(name)["lvfm"]
         for key in ("probe_scale", "meanflow_probe_scale"):
@@ -678,7 +680,9 @@ def test_preset_steering_needs_a_probe(tmp_path):
     root = Path(__file__).resolve().parents[1]
     for overrides, message in (({"lvfm.probe_steps": 0, "lvfm.probe_scale": 0.0, "lvfm.meanflow_distill_probe": 0.0,
                                  "lvfm.meanflow_distill_probe_steps": 0}, "lvfm.meanflow_probe_scale > 0 steers by the EF probe"),
-                               ({"lvfm.meanflow_probe_scale": -1.0}, "lvfm.meanflow_probe_scale must be a finite number >= 0")):
+                               ({"lvfm.meanflow_probe_scale": -1.0}, "lvfm.meanflow_probe_scale must be a finite number >= 0"),
+                               ({"lvfm.meanflow_ef_map": [5.0, 0.0]}, "lvfm.meanflow_ef_map must be"),
+                               ({"lvfm.meanflow_ef_map": [5.0]}, "lvfm.meanflow_ef_map must be")):
         with pytest.raises(papermill.PapermillExecutionError, match=message):
             papermill.execute_notebook(str(root/"nbs"/"31_lvfm.ipynb"), str(tmp_path/"out.ipynb"), cwd=str(root/"nbs"), progress_bar=False,
                                        kernel_name="python3", parameters={"preset": "smoke", "overrides": overrides})

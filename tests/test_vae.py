@@ -224,9 +224,9 @@ def test_channels_last_inference_matches_and_saves(tmp_path, monkeypatch):
     monkeypatch.setattr(vae_mod, "CHANNELS_LAST", True)
     fast = reconstruct(v, x)
     assert v.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(plain, fast, atol=1e-5)
+    assert torch.allclose(plain, fast, atol=1e-4)   # the two layouts round differently: up to 3e-5 on outputs of size 1 (AMD EPYC)
     v.save_pretrained(tmp_path)  # a channels_last model still saves and reloads to the same outputs
-    assert torch.equal(reconstruct(AutoencoderKL.from_pretrained(tmp_path), x), fast)
+    assert torch.allclose(reconstruct(AutoencoderKL.from_pretrained(tmp_path), x), fast, atol=1e-5)
 
 
 def test_standardise_roundtrip_and_bad_scaling():
