@@ -27,7 +27,7 @@ from .train import FitResult, fit, fit_options
 __all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'ef_sample_weights',
            'ef_train_loader', 'train_ef_regressor', 'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter',
            'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'read_requests', 'lvfm_adherence',
-           'adherence_ceiling', 'results_table', 'flat_metrics', 'temporal_roughness']
+           'adherence_ceiling', 'results_table', 'flat_metrics', 'temporal_roughness', 'calibrate_lvfm']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
 def midplanes(in_planes: int, out_planes: int, t: int = 3, d: int = 3) -> int:
@@ -400,3 +400,28 @@ def temporal_roughness(clips: torch.Tensor, ef=None) -> dict:
         a = per_clip.double().numpy()
         out["ef_corr"] = float(np.corrcoef(a, ef)[0, 1]) if len(ef) > 1 and a.std() > 0 and ef.std() > 0 else 0.0
     return out
+
+# %% ../nbs/50_ef.ipynb #1b58ef0a
+def calibrate_lvfm(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: dict, *, n_videos: int, out_dir=None,
+                   seed: int = 1, kinds: tuple = ("multistep", "onestep")) -> tuple[dict, dict]:
+    """Fit each LVFM model's EF calibration (`fit_ef_map`) on `n_videos` VAL anatomies read by `regressor`, the models' own
+    maps off: ({kind: (a, b) or None}, {kind: VAL table}). None where `fit_ef_map` refuses (the model hardly follows the
+    request). With `out_dir`, both models are saved there as `lvfm_dir` holds them (flow_model/, meanflow_model/), each
+    with its fitted map stored (`set_ef_map`) or, where none was fitted, unchanged."""
+    from echoflow.lvfm import fit_ef_map, load_lvfm, set_ef_map
+    folders = {"multistep": "flow_model", "onestep": "meanflow_model"}
+    if not kinds or any(k not in folders for k in kinds): raise ValueError(f"kinds must name some of {tuple(folders)}, got {kinds!r}")
+    maps, tables = {}, {}
+    for kind in kinds:
+        _, t = lvfm_adherence(regressor, lvfm_dir, vae_dir, latents_dir, cfg, n_videos=n_videos, seed=seed, kinds=(kind,),
+                              split="VAL", ef_map=False)
+        tables[kind] = t[kind]
+        try: maps[kind] = fit_ef_map(t[kind].requested_ef, t[kind].measured_ef)
+        except ValueError as err:
+            print(f"{kind}: left uncalibrated ({err})"); maps[kind] = None
+    if out_dir is not None:
+        for kind, folder in folders.items():
+            model = load_lvfm(Path(lvfm_dir)/folder)
+            if maps.get(kind) is not None: set_ef_map(model, maps[kind])
+            save_model(model, Path(out_dir)/folder)
+    return maps, tables

@@ -147,11 +147,14 @@ def _call(self, ef=55.0, num_frames: int | None = None, num_inference_steps: int
 EchoFlowPipeline.__call__ = _call
 
 # %% ../nbs/33_echoflow_pipeline.ipynb #c8c0573c
-def _from_run(cls, run_dir, multistep: bool = False) -> "EchoFlowPipeline":
-    "Assemble the pipeline from a run folder (runs/<preset>): the trained A-VAE, LIFM, privacy filter and LVFM."
+def _from_run(cls, run_dir, multistep: bool = False, calibrated: bool = True) -> "EchoFlowPipeline":
+    """Assemble the pipeline from a run folder (runs/<preset>): the trained A-VAE, LIFM, privacy filter and LVFM. With
+    `calibrated`, the LVFM model is the `ef` stage's copy with its fitted EF calibration (ef/calibrated/) where there is one."""
     run = Path(run_dir)
+    name = "flow_model" if multistep else "meanflow_model"
+    lvfm = run/"ef"/"calibrated"/name if calibrated and (run/"ef"/"calibrated"/name/"config.json").exists() else run/"lvfm"/name
     need = {"vae": run/"vae"/"model", "lifm": run/"lifm"/"model", "reid": run/"reid"/"model",
-            "lvfm": run/"lvfm"/("flow_model" if multistep else "meanflow_model"), "scaling": run/"latents"/"scaling.json"}
+            "lvfm": lvfm, "scaling": run/"latents"/"scaling.json"}
     missing = [f"{k} ({p})" for k, p in need.items() if not p.exists()]
     if missing: raise FileNotFoundError(f"{run}: not a complete run, missing {', '.join(missing)}")
     scaling = json.loads(need["scaling"].read_text())

@@ -23,6 +23,9 @@ METRIC_SOURCES = {
     "lvfm.ef_mae_multistep": [("lvfm", "ef_mae_multistep"), ("ef", "ef_mae_multistep")],
     "lvfm.ef_mae_onestep": [("lvfm", "ef_mae_onestep"), ("ef", "ef_mae_onestep")],
     "lvfm.ef_r2_onestep": [("lvfm", "ef_r2_onestep"), ("ef", "ef_r2_onestep")],
+    "lvfm.ef_mae_multistep_calibrated": [("ef", "ef_mae_multistep_calibrated")],   # with the EF map fitted on VAL (ef.calibrate_videos)
+    "lvfm.ef_mae_onestep_calibrated": [("ef", "ef_mae_onestep_calibrated")],
+    "lvfm.ef_r2_onestep_calibrated": [("ef", "ef_r2_onestep_calibrated")],
     "lvfm.ef_mae_ceiling": [("ef", "ef_mae_ceiling")],   # the same protocol on the phantom's own videos: a perfect generator
     "lvfm.onestep_speedup": [("lvfm", "onestep_speedup")],
     "ef.r2_real": [("ef", "r2_real")], "ef.r2_synthetic": [("ef", "r2_synthetic")], "ef.r2_mixed": [("ef", "r2_mixed")],

@@ -14,7 +14,8 @@ from echoflow.pipeline import STAGES, stage_complete
 from echoflow.report import METRIC_SOURCES
 
 ECHOFLOW = str(Path(sys.executable).parent / "echoflow")
-REQUIRED = list(METRIC_SOURCES) + ["time.total_s", "memory.peak_mb"]
+CALIBRATED = [k for k in METRIC_SOURCES if k.endswith("_calibrated")]   # absent where the smoke model was left uncalibrated
+REQUIRED = [k for k in METRIC_SOURCES if k not in CALIBRATED] + ["time.total_s", "memory.peak_mb"]
 
 
 def _run(run_dir, *extra):
@@ -48,6 +49,11 @@ def test_smoke_pipeline_killed_resumed_and_complete(tmp_path):
     missing = [k for k in REQUIRED if not isinstance(metrics.get(k), (int, float)) or not math.isfinite(metrics[k])]
     assert not missing, f"metrics missing or not finite: {missing}"
     assert 0 <= metrics["realism.c2st_accuracy"] <= 1 and metrics["vae.psnr"] > 5 and metrics["lvfm.onestep_speedup"] > 1
+    for kind in ("multistep", "onestep"):                               # the EF calibration ran: a map, or a refusal
+        assert metrics[f"ef.ef_map_fitted_{kind}"] in (0, 1)
+        if metrics[f"ef.ef_map_fitted_{kind}"]: assert metrics[f"ef.ef_map_b_{kind}"] > 0 and math.isfinite(metrics[f"ef.ef_mae_{kind}_calibrated"])
+    assert all(metrics[k] is None or math.isfinite(metrics[k]) for k in CALIBRATED)
+    assert (run / "ef" / "calibrated" / "meanflow_model" / "config.json").exists()
     assert metrics["lvfm.meanflow_probe_train_s"] > 0 and metrics["lvfm.meanflow_probe_gap"] >= 0   # the smoke preset's probe-term phase ran
     for stage in STAGES:
         assert (run / stage.name / stage.notebook).exists(), f"executed notebook of {stage.name} missing"
