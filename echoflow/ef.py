@@ -411,12 +411,11 @@ def calibrate_lvfm(regressor: EFRegressor, lvfm_dir, vae_dir, latents_dir, cfg: 
     from echoflow.lvfm import fit_ef_map, load_lvfm, set_ef_map
     folders = {"multistep": "flow_model", "onestep": "meanflow_model"}
     if not kinds or any(k not in folders for k in kinds): raise ValueError(f"kinds must name some of {tuple(folders)}, got {kinds!r}")
-    maps, tables = {}, {}
-    for kind in kinds:
-        _, t = lvfm_adherence(regressor, lvfm_dir, vae_dir, latents_dir, cfg, n_videos=n_videos, seed=seed, kinds=(kind,),
-                              split="VAL", ef_map=False)
-        tables[kind] = t[kind]
-        try: maps[kind] = fit_ef_map(t[kind].requested_ef, t[kind].measured_ef)
+    _, tables = lvfm_adherence(regressor, lvfm_dir, vae_dir, latents_dir, cfg, n_videos=n_videos, seed=seed, kinds=kinds,
+                               split="VAL", ef_map=False)
+    maps = {}
+    for kind, t in tables.items():
+        try: maps[kind] = fit_ef_map(t.requested_ef, t.measured_ef)
         except ValueError as err:
             print(f"{kind}: left uncalibrated ({err})"); maps[kind] = None
     if out_dir is not None:

@@ -52,7 +52,6 @@ def test_smoke_pipeline_killed_resumed_and_complete(tmp_path):
     for kind in ("multistep", "onestep"):                               # the EF calibration ran: a map, or a refusal
         assert metrics[f"ef.ef_map_fitted_{kind}"] in (0, 1)
         if metrics[f"ef.ef_map_fitted_{kind}"]: assert metrics[f"ef.ef_map_b_{kind}"] > 0 and math.isfinite(metrics[f"ef.ef_mae_{kind}_calibrated"])
-    assert all(metrics[k] is None or math.isfinite(metrics[k]) for k in CALIBRATED)
     assert (run / "ef" / "calibrated" / "meanflow_model" / "config.json").exists()
     assert metrics["lvfm.meanflow_probe_train_s"] > 0 and metrics["lvfm.meanflow_probe_gap"] >= 0   # the smoke preset's probe-term phase ran
     for stage in STAGES:
