@@ -1,5 +1,6 @@
 """A-VAE speed on this machine: training steps/s, frames encoded/s and the decoding time of a 32-frame 64 px video,
-at the default (64 px, f4) and small (112 px, f8) presets, with and without channels_last.
+at the default (64 px, f4) and small (112 px, f8) presets, with and without channels_last (and, where the preset trains
+on random crops, `vae.crop`, the step on crops beside the step on whole frames).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_vae.py [--threads 2] [--repeats 5] [--sizes default small]
 
@@ -37,12 +38,12 @@ def as_layout(module_or_tensor, channels_last: bool):
     return module_or_tensor.to(memory_format=torch.channels_last) if channels_last else module_or_tensor
 
 
-def train_step(cfg, channels_last: bool):
-    "One A-VAE training step (forward + backward of the VAE with the GAN term, then the discriminator step)."
+def train_step(cfg, channels_last: bool, crop: int | None = None):
+    "One A-VAE training step (forward + backward of the VAE with the GAN term, then the discriminator step), on crops if `crop`."
     v, size = cfg["vae"], cfg["data"]["size"]
     vae = as_layout(build_vae(cfg).train(), channels_last)
     disc = as_layout(PatchDiscriminator(base_channels=v["disc_channels"], n_layers=v["disc_layers"]).train(), channels_last)
-    loss_fn = AVAELoss(disc, kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], disc_weight=v["disc_weight"], disc_start=0)
+    loss_fn = AVAELoss(disc, kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], disc_weight=v["disc_weight"], disc_start=0, crop=crop)
     opt, dopt = torch.optim.AdamW(vae.parameters(), 1e-4), torch.optim.AdamW(disc.parameters(), 1e-4)
     x = as_layout(torch.rand(v["batch_size"], 1, size, size) * 2 - 1, channels_last)
 
@@ -51,7 +52,7 @@ def train_step(cfg, channels_last: bool):
         loss, _, out = loss_fn(vae, x, 1)
         opt.zero_grad(); loss.backward(); opt.step()
         disc.requires_grad_(True)
-        d_loss, _ = discriminator_loss(disc, x, 1, out)
+        d_loss, _ = discriminator_loss(disc, out["real"], 1, out)
         dopt.zero_grad(); d_loss.backward(); dopt.step()
     return step
 
@@ -100,6 +101,13 @@ def main():
             rows.append((preset, cfg["data"]["size"], layout, 1 / step, step, enc, dec))
             print(f"{preset:8s} {cfg['data']['size']:4d}px {layout:14s} train {1 / step:6.2f} steps/s ({step:5.2f} s/step, "
                   f"batch {cfg['vae']['batch_size']})  encode {enc:7.1f} frames/s  decode 32 frames {dec:5.2f} s", flush=True)
+        crop = cfg["vae"]["crop"]
+        if crop:  # the preset trains on crops: time its step too, in both layouts
+            cropped = alternate(lambda cl: train_step(cfg, cl, crop), max(2, args.repeats // 2))
+            for cl in (False, True):
+                print(f"{preset:8s} {crop:4d}px crops of {cfg['data']['size']} px, {'channels_last' if cl else 'contiguous':14s} "
+                      f"train {1 / cropped[cl]:6.2f} steps/s ({cropped[cl]:5.2f} s/step; whole frames {steps[cl]:5.2f} s/step, "
+                      f"{steps[cl] / cropped[cl]:.1f}x)", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     for preset in args.sizes:
         mine = [r for r in rows if r[0] == preset]

@@ -15,8 +15,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['MS_SSIM_WEIGHTS', 'psnr', 'gaussian_window', 'ssim', 'ms_ssim', 'frequency_loss', 'kl_divergence',
-           'PatchDiscriminator', 'hinge_d_loss', 'hinge_g_loss', 'adaptive_weight', 'delayed', 'frames_of', 'AVAELoss',
-           'discriminator_loss']
+           'PatchDiscriminator', 'hinge_d_loss', 'hinge_g_loss', 'adaptive_weight', 'delayed', 'frames_of',
+           'random_crops', 'AVAELoss', 'discriminator_loss']
 
 # %% ../nbs/11_losses.ipynb #6bebc55a
 def psnr(x: torch.Tensor, y: torch.Tensor, value_range: tuple = (-1.0, 1.0), reduction: str = "mean") -> torch.Tensor:
@@ -161,16 +161,28 @@ def frames_of(batch) -> torch.Tensor:
     if not torch.is_tensor(x) or x.ndim != 4: raise ValueError(f"expected frames (B, C, H, W), got {getattr(x, 'shape', type(x))}")
     return x
 
+def random_crops(x: torch.Tensor, size: int) -> torch.Tensor:
+    "One random `size` x `size` window of each frame of x (B, C, H, W), drawn with torch's global generator."
+    H, W = x.shape[-2:]
+    if size > min(H, W): raise ValueError(f"crop {size} is larger than the frames {H}x{W}")
+    if size == H == W: return x
+    rows, cols = torch.randint(0, H - size + 1, (len(x),)).tolist(), torch.randint(0, W - size + 1, (len(x),)).tolist()
+    return torch.stack([xi[:, i:i + size, j:j + size] for xi, i, j in zip(x, rows, cols)])
+
 class AVAELoss:
-    "The A-VAE loss for `fit`: L1 + MS-SSIM + frequency + KL + adaptive hinge-GAN term after `disc_start`."
+    "The A-VAE loss for `fit`: L1 + MS-SSIM + frequency + KL + adaptive hinge-GAN term after `disc_start` (on random crops for `crop_steps`)."
     def __init__(self, discriminator: nn.Module | None = None, *, kl_weight: float = 1e-6, perceptual_weight: float = 0.5,
-                 frequency_weight: float = 0.0, disc_weight: float = 0.5, disc_start: int = 0, sample_posterior: bool = True):
+                 frequency_weight: float = 0.0, disc_weight: float = 0.5, disc_start: int = 0, sample_posterior: bool = True,
+                 crop: int | None = None, crop_steps: int | None = None):
         for name, v in (("kl_weight", kl_weight), ("perceptual_weight", perceptual_weight),
                         ("frequency_weight", frequency_weight), ("disc_weight", disc_weight), ("disc_start", disc_start)):
             if v < 0: raise ValueError(f"{name} must be >= 0, got {v}")
+        if crop is not None and (not isinstance(crop, int) or crop < 1): raise ValueError(f"crop must be a positive int or None, got {crop!r}")
         self.discriminator, self.kl_weight, self.perceptual_weight = discriminator, kl_weight, perceptual_weight
         self.frequency_weight, self.disc_weight, self.disc_start = frequency_weight, disc_weight, disc_start
-        self.sample_posterior = sample_posterior
+        if crop_steps is not None and (not isinstance(crop_steps, int) or crop_steps < 0):
+            raise ValueError(f"crop_steps must be an int >= 0 or None, got {crop_steps!r}")
+        self.sample_posterior, self.crop, self.crop_steps = sample_posterior, crop, crop_steps
 
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict]:
         "L1 + perceptual (1 - MS-SSIM) + frequency terms, and their values."
@@ -186,6 +198,7 @@ class AVAELoss:
 
     def __call__(self, vae, batch, step: int):
         x = frames_of(batch)
+        if self.crop and (self.crop_steps is None or step < self.crop_steps): x = random_crops(x, self.crop)
         posterior = vae.encode(x).latent_dist
         z = posterior.sample() if self.sample_posterior else posterior.mode()
         x_hat = vae.decode(z).sample

@@ -299,13 +299,15 @@ def fit(model: nn.Module, loss_fn: Callable, batches: Iterable, *, steps: int, l
         ema_decay: float | None = 0.999, grad_clip: float | None = 1.0, checkpoint_every: int | None = None,
         resume: bool = True, aux: Aux | None = None, weight_decay: float = 0.0, warmup: int = 0,
         schedule: str = "constant", betas: tuple = (0.9, 0.999), progress: bool = True, log_every: int = 10,
-        accelerator: Accelerator | None = None, seed: int = 0) -> FitResult:
+        accelerator: Accelerator | None = None, seed: int = 0, ema_restart: int | None = None) -> FitResult:
     "Train `model` for `steps` steps of `loss_fn(model, batch, step) -> (loss, logs[, outputs])` over cycled `batches`."
     for name, v in (("steps", steps), ("log_every", log_every), ("warmup", warmup)):
         if not isinstance(v, int) or v < (1 if name != "warmup" else 0): raise ValueError(f"{name} must be a positive int, got {v!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive int or None, got {checkpoint_every!r}")
     if not lr > 0: raise ValueError(f"lr must be positive, got {lr}")
+    if ema_restart is not None and (not isinstance(ema_restart, int) or ema_restart < 0):
+        raise ValueError(f"ema_restart must be an int >= 0 or None, got {ema_restart!r}")
     if grad_clip is not None and not grad_clip > 0: raise ValueError(f"grad_clip must be positive or None, got {grad_clip}")
     if not callable(loss_fn): raise ValueError("loss_fn must be callable: loss_fn(model, batch, step) -> (loss, logs)")
     lr_factor(0, steps, warmup, schedule)  # validates schedule
@@ -351,7 +353,7 @@ def fit(model: nn.Module, loss_fn: Callable, batches: Iterable, *, steps: int, l
         _average_gradients(params, acc)
         if grad_clip: logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
         opt.step()
-        if ema is not None: ema.update(model, step)
+        if ema is not None: ema.update(model, step if ema_restart is None or step < ema_restart else step - ema_restart)
         logs = {"loss": float(loss.detach()), **{k: _number(v) for k, v in logs.items()}}
         if aux is not None and step >= aux.start:
             with _frozen(model):

@@ -98,17 +98,26 @@ def train_vae(cfg: dict, frames: torch.Tensor, *, out_dir=None, vae: Autoencoder
     vae = vae if vae is not None else build_vae(cfg, size=frames.shape[-1], seed=seed)
     if frames.shape[-2:] != (vae.config.sample_size,) * 2:
         raise ValueError(f"frames are {tuple(frames.shape[-2:])} but the VAE was built for {vae.config.sample_size} px")
+    steps = steps or v["steps"]
+    crop, crop_steps = v["crop"] or None, None
+    if crop is not None:
+        f = downsampling_factor(vae)
+        if crop % f or crop > frames.shape[-1]:
+            raise ValueError(f"vae.crop={crop} must be a multiple of the downsampling factor {f} and at most the frame size {frames.shape[-1]}")
+        crop_steps = v["crop_steps"]
+        if not 0 <= crop_steps < steps:
+            raise ValueError(f"vae.crop_steps={crop_steps} must be in [0, {steps}): the last steps train on whole frames")
     torch.manual_seed(seed + 1)
     disc = PatchDiscriminator(in_channels=1, base_channels=v["disc_channels"], n_layers=v["disc_layers"])
     settings = dict(kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], frequency_weight=v["frequency_weight"],
-                    disc_weight=v["disc_weight"], disc_start=v["disc_start"]) | loss_overrides
+                    disc_weight=v["disc_weight"], disc_start=v["disc_start"], crop=crop, crop_steps=crop_steps) | loss_overrides
     loss_fn = AVAELoss(disc, **settings)
     batch_size = min(v["batch_size"], len(frames))
     loader = torch.utils.data.DataLoader(FrameBank(frames), batch_size=batch_size, shuffle=True, drop_last=True)
-    steps = steps or v["steps"]
     aux = Aux(disc, discriminator_loss, lr=v["lr"], start=settings["disc_start"]) if settings["disc_weight"] > 0 else None
     return fit(vae, loss_fn, loader, steps=steps, lr=v["lr"], out_dir=out_dir, aux=aux, warmup=min(50, steps // 10),
-               schedule="cosine", betas=(0.5, 0.9), progress=progress, seed=seed, accelerator=accelerator, **fit_options(cfg))
+               schedule="cosine", betas=(0.5, 0.9), progress=progress, seed=seed, accelerator=accelerator,
+               ema_restart=crop_steps, **fit_options(cfg))
 
 # %% ../nbs/12_vae.ipynb #74cd3b40
 CHANNELS_LAST = True  # inference in channels_last memory layout: faster on CPU (benchmarks/bench_vae.py)

@@ -180,9 +180,19 @@ def test_ema_warmup_and_bad_decay():
         EMA(net, 1.0)
 
 
+def test_ema_restart():
+    "The average starts again at ema_restart: the model trains the same, the average forgets the steps before."
+    plain, restarted = run(ema_decay=0.99), run(ema_decay=0.99, ema_restart=18)
+    assert same_weights(plain.model, restarted.model) and not same_weights(plain.ema, restarted.ema)
+    gap = lambda r: sum((a - b).abs().sum() for a, b in zip(r.ema.parameters(), r.model.parameters()))
+    assert gap(restarted) < 0.2 * gap(plain)   # two warm-up steps (decay 0.1, 0.18): nearly the live weights
+    assert same_weights(run(ema_decay=0.99, ema_restart=0).ema, plain.ema)   # restarting at 0 is no restart
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps"), (dict(lr=0.0), "lr"), (dict(grad_clip=-1.0), "grad_clip"),
     (dict(checkpoint_every=0), "checkpoint_every"), (dict(schedule="linear"), "schedule"), (dict(log_every=0), "log_every"),
+    (dict(ema_restart=-1), "ema_restart"),
 ])
 def test_bad_parameters(kwargs, message):
     args = dict(steps=2, lr=0.01) | kwargs

@@ -178,6 +178,42 @@ def test_tiny_training_and_save_load(tmp_path):
         train_vae(cfg, frames[:, :16, :16], steps=1, progress=False, vae=build_vae(cfg))
 
 
+def test_crop_training_resumes_exactly(tmp_path):
+    "Crops, then whole frames with a restarted EMA: a run that crashed on crops resumes to the same weights."
+    cfg = tiny_cfg(crop=16, crop_steps=4, steps=6, disc_start=2)
+    cfg["train"] |= {"checkpoint_every": 2}
+    frames = torch.randint(0, 256, (16, 32, 32), dtype=torch.uint8)
+    whole = train_vae(cfg, frames, out_dir=tmp_path/"whole", progress=False)
+    calls = []
+    real_call = AVAELoss.__call__
+
+    def crash_at_3(self, vae, batch, step):
+        assert self.crop == 16
+        calls.append(step)
+        if step == 3 and len(calls) < 10: raise KeyboardInterrupt("simulated crash")
+        return real_call(self, vae, batch, step)
+
+    AVAELoss.__call__ = crash_at_3
+    try:
+        with pytest.raises(KeyboardInterrupt): train_vae(cfg, frames, out_dir=tmp_path/"crashed", progress=False)
+    finally:
+        AVAELoss.__call__ = real_call
+    again = train_vae(cfg, frames, out_dir=tmp_path/"crashed", progress=False)
+    assert again.resumed_from == 2
+    for a, b in ((again.model, whole.model), (again.ema, whole.ema), (again.aux, whole.aux)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # whole frames make different weights: the crops are really used
+    full = train_vae(tiny_cfg(crop=0, steps=6, disc_start=2), frames, progress=False)
+    assert not torch.equal(full.model.decoder.conv_out.weight, whole.model.decoder.conv_out.weight)
+    with pytest.raises(ValueError, match="vae.crop=10 must be a multiple of the downsampling factor 4"):
+        train_vae(tiny_cfg(crop=10), frames, progress=False)
+    with pytest.raises(ValueError, match="vae.crop=40"):
+        train_vae(tiny_cfg(crop=40), frames, progress=False)
+    with pytest.raises(ValueError, match=r"vae.crop_steps=6 must be in \[0, 6\)"):
+        train_vae(tiny_cfg(crop=16, crop_steps=6, steps=6), frames, progress=False)
+
+
 def test_training_without_discriminator():
     frames = torch.randint(0, 255, (8, 32, 32), dtype=torch.uint8)
     res = train_vae(tiny_cfg(disc_weight=0.0), frames, steps=2, progress=False)
