@@ -178,10 +178,10 @@ class AVAELoss:
                         ("frequency_weight", frequency_weight), ("disc_weight", disc_weight), ("disc_start", disc_start)):
             if v < 0: raise ValueError(f"{name} must be >= 0, got {v}")
         if crop is not None and (not isinstance(crop, int) or crop < 1): raise ValueError(f"crop must be a positive int or None, got {crop!r}")
-        self.discriminator, self.kl_weight, self.perceptual_weight = discriminator, kl_weight, perceptual_weight
-        self.frequency_weight, self.disc_weight, self.disc_start = frequency_weight, disc_weight, disc_start
         if crop_steps is not None and (not isinstance(crop_steps, int) or crop_steps < 0):
             raise ValueError(f"crop_steps must be an int >= 0 or None, got {crop_steps!r}")
+        self.discriminator, self.kl_weight, self.perceptual_weight = discriminator, kl_weight, perceptual_weight
+        self.frequency_weight, self.disc_weight, self.disc_start = frequency_weight, disc_weight, disc_start
         self.sample_posterior, self.crop, self.crop_steps = sample_posterior, crop, crop_steps
 
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict]:

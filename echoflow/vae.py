@@ -117,7 +117,7 @@ def train_vae(cfg: dict, frames: torch.Tensor, *, out_dir=None, vae: Autoencoder
     aux = Aux(disc, discriminator_loss, lr=v["lr"], start=settings["disc_start"]) if settings["disc_weight"] > 0 else None
     return fit(vae, loss_fn, loader, steps=steps, lr=v["lr"], out_dir=out_dir, aux=aux, warmup=min(50, steps // 10),
                schedule="cosine", betas=(0.5, 0.9), progress=progress, seed=seed, accelerator=accelerator,
-               ema_restart=crop_steps, **fit_options(cfg))
+               ema_restart=settings["crop_steps"] if settings["crop"] else None, **fit_options(cfg))
 
 # %% ../nbs/12_vae.ipynb #74cd3b40
 CHANNELS_LAST = True  # inference in channels_last memory layout: faster on CPU (benchmarks/bench_vae.py)
