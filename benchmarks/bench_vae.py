@@ -43,7 +43,7 @@ def train_step(cfg, channels_last: bool, crop: int | None = None):
     v, size = cfg["vae"], cfg["data"]["size"]
     vae = as_layout(build_vae(cfg).train(), channels_last)
     disc = as_layout(PatchDiscriminator(base_channels=v["disc_channels"], n_layers=v["disc_layers"]).train(), channels_last)
-    loss_fn = AVAELoss(disc, kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], disc_weight=v["disc_weight"], disc_start=0, crop=crop)
+    loss_fn = AVAELoss(disc, kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], l1_weight=v["l1_weight"], l2_weight=v["l2_weight"], disc_weight=v["disc_weight"], disc_start=0, crop=crop)
     opt, dopt = torch.optim.AdamW(vae.parameters(), 1e-4), torch.optim.AdamW(disc.parameters(), 1e-4)
     x = as_layout(torch.rand(v["batch_size"], 1, size, size) * 2 - 1, channels_last)
 

@@ -170,24 +170,31 @@ def random_crops(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([xi[:, i:i + size, j:j + size] for xi, i, j in zip(x, rows, cols)])
 
 class AVAELoss:
-    "The A-VAE loss for `fit`: L1 + MS-SSIM + frequency + KL + adaptive hinge-GAN term after `disc_start` (on random crops for `crop_steps`)."
+    "The A-VAE loss for `fit`: L1 and/or squared error + MS-SSIM + frequency + KL + adaptive hinge-GAN term after `disc_start` (on random crops for `crop_steps`)."
     def __init__(self, discriminator: nn.Module | None = None, *, kl_weight: float = 1e-6, perceptual_weight: float = 0.5,
+                 l1_weight: float = 1.0, l2_weight: float = 0.0,
                  frequency_weight: float = 0.0, disc_weight: float = 0.5, disc_start: int = 0, sample_posterior: bool = True,
                  crop: int | None = None, crop_steps: int | None = None):
-        for name, v in (("kl_weight", kl_weight), ("perceptual_weight", perceptual_weight),
+        for name, v in (("kl_weight", kl_weight), ("perceptual_weight", perceptual_weight), ("l1_weight", l1_weight), ("l2_weight", l2_weight),
                         ("frequency_weight", frequency_weight), ("disc_weight", disc_weight), ("disc_start", disc_start)):
             if v < 0: raise ValueError(f"{name} must be >= 0, got {v}")
+        if not (l1_weight or l2_weight or perceptual_weight or frequency_weight):
+            raise ValueError("l1_weight, l2_weight, perceptual_weight and frequency_weight are all 0: no reconstruction term")
         if crop is not None and (not isinstance(crop, int) or crop < 1): raise ValueError(f"crop must be a positive int or None, got {crop!r}")
         if crop_steps is not None and (not isinstance(crop_steps, int) or crop_steps < 0):
             raise ValueError(f"crop_steps must be an int >= 0 or None, got {crop_steps!r}")
         self.discriminator, self.kl_weight, self.perceptual_weight = discriminator, kl_weight, perceptual_weight
         self.frequency_weight, self.disc_weight, self.disc_start = frequency_weight, disc_weight, disc_start
         self.sample_posterior, self.crop, self.crop_steps = sample_posterior, crop, crop_steps
+        self.l1_weight, self.l2_weight = l1_weight, l2_weight
 
     def reconstruction_loss(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        "L1 + perceptual (1 - MS-SSIM) + frequency terms, and their values."
+        "Weighted L1 + squared error + perceptual (1 - MS-SSIM) + frequency terms, and their values (L1 always logged)."
         l1 = (x - x_hat).abs().mean()
-        logs, loss = {"l1": l1.detach()}, l1
+        logs, loss = {"l1": l1.detach()}, self.l1_weight * l1
+        if self.l2_weight:
+            l2 = (x - x_hat).square().mean()
+            loss = loss + self.l2_weight * l2; logs["l2"] = l2.detach()
         if self.perceptual_weight:
             perceptual = 1 - ms_ssim(x_hat, x)
             loss = loss + self.perceptual_weight * perceptual; logs["perceptual"] = perceptual.detach()

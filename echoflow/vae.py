@@ -110,6 +110,7 @@ def train_vae(cfg: dict, frames: torch.Tensor, *, out_dir=None, vae: Autoencoder
     torch.manual_seed(seed + 1)
     disc = PatchDiscriminator(in_channels=1, base_channels=v["disc_channels"], n_layers=v["disc_layers"])
     settings = dict(kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], frequency_weight=v["frequency_weight"],
+                    l1_weight=v["l1_weight"], l2_weight=v["l2_weight"],
                     disc_weight=v["disc_weight"], disc_start=v["disc_start"], crop=crop, crop_steps=crop_steps) | loss_overrides
     loss_fn = AVAELoss(disc, **settings)
     batch_size = min(v["batch_size"], len(frames))
