@@ -17,7 +17,7 @@ import torch
 from echoflow.core import load_preset
 from echoflow.losses import AVAELoss, PatchDiscriminator, discriminator_loss
 import echoflow.vae as vae_mod
-from echoflow.vae import build_vae, decode_video, encode_frames
+from echoflow.vae import build_vae, decode_video, encode_frames, loss_settings
 
 
 def once(fn) -> float:
@@ -43,7 +43,7 @@ def train_step(cfg, channels_last: bool, crop: int | None = None):
     v, size = cfg["vae"], cfg["data"]["size"]
     vae = as_layout(build_vae(cfg).train(), channels_last)
     disc = as_layout(PatchDiscriminator(base_channels=v["disc_channels"], n_layers=v["disc_layers"]).train(), channels_last)
-    loss_fn = AVAELoss(disc, kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], l1_weight=v["l1_weight"], l2_weight=v["l2_weight"], disc_weight=v["disc_weight"], disc_start=0, crop=crop)
+    loss_fn = AVAELoss(disc, **(loss_settings(v) | dict(disc_start=0, crop=crop)))  # the GAN term on from the first step
     opt, dopt = torch.optim.AdamW(vae.parameters(), 1e-4), torch.optim.AdamW(disc.parameters(), 1e-4)
     x = as_layout(torch.rand(v["batch_size"], 1, size, size) * 2 - 1, channels_last)
 

@@ -22,8 +22,8 @@ from .train import Aux, FitResult, fit, fit_options
 
 # %% auto #0
 __all__ = ['CHANNELS_LAST', 'vae_kwargs', 'build_vae', 'downsampling_factor', 'latent_shape', 'video_frames', 'FrameBank',
-           'train_vae', 'inference_mode', 'decode_frames', 'decode_video', 'encode_frames', 'reconstruct',
-           'reconstruction_metrics', 'standardise', 'unstandardise', 'encode_dataset', 'load_latents']
+           'loss_settings', 'train_vae', 'inference_mode', 'decode_frames', 'decode_video', 'encode_frames',
+           'reconstruct', 'reconstruction_metrics', 'standardise', 'unstandardise', 'encode_dataset', 'load_latents']
 
 # %% ../nbs/12_vae.ipynb #c2037dae
 def vae_kwargs(cfg: dict, size: int | None = None) -> dict:
@@ -91,6 +91,10 @@ class FrameBank(torch.utils.data.Dataset):
     def __getitem__(self, i): return self.frames[i][None].float() / 127.5 - 1
 
 # %% ../nbs/12_vae.ipynb #69e41b5c
+def loss_settings(v: dict) -> dict:
+    "The `AVAELoss` weights and GAN start of a preset's `vae` section (crops aside: `train_vae` checks those)."
+    return {k: v[k] for k in ("kl_weight", "perceptual_weight", "frequency_weight", "l1_weight", "l2_weight", "disc_weight", "disc_start")}
+
 def train_vae(cfg: dict, frames: torch.Tensor, *, out_dir=None, vae: AutoencoderKL | None = None, steps: int | None = None,
               progress: bool = True, seed: int = 0, accelerator=None, **loss_overrides) -> FitResult:
     "Train an A-VAE on uint8 frames (N, H, W) per the preset; `loss_overrides` replace `AVAELoss` settings."
@@ -109,9 +113,7 @@ def train_vae(cfg: dict, frames: torch.Tensor, *, out_dir=None, vae: Autoencoder
             raise ValueError(f"vae.crop_steps={crop_steps} must be in [0, {steps}): the last steps train on whole frames")
     torch.manual_seed(seed + 1)
     disc = PatchDiscriminator(in_channels=1, base_channels=v["disc_channels"], n_layers=v["disc_layers"])
-    settings = dict(kl_weight=v["kl_weight"], perceptual_weight=v["perceptual_weight"], frequency_weight=v["frequency_weight"],
-                    l1_weight=v["l1_weight"], l2_weight=v["l2_weight"],
-                    disc_weight=v["disc_weight"], disc_start=v["disc_start"], crop=crop, crop_steps=crop_steps) | loss_overrides
+    settings = loss_settings(v) | dict(crop=crop, crop_steps=crop_steps) | loss_overrides
     loss_fn = AVAELoss(disc, **settings)
     batch_size = min(v["batch_size"], len(frames))
     loader = torch.utils.data.DataLoader(FrameBank(frames), batch_size=batch_size, shuffle=True, drop_last=True)
