@@ -24,9 +24,9 @@ from .metrics import ef_adherence, ef_dependence, regression_metrics
 from .train import FitResult, fit, fit_options
 
 # %% auto #0
-__all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss', 'ef_sample_weights',
-           'ef_train_loader', 'train_ef_regressor', 'predict_ef', 'evaluate_ef', 'first_clips', 'ef_scatter',
-           'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'read_requests', 'lvfm_adherence',
+__all__ = ['midplanes', 'Conv2Plus1d', 'Block2Plus1d', 'temporal_blur', 'EFRegressor', 'ef_clips', 'pixel_stats', 'ef_loss',
+           'ef_sample_weights', 'ef_train_loader', 'train_ef_regressor', 'predict_ef', 'evaluate_ef', 'first_clips',
+           'ef_scatter', 'relabel_ef', 'phantom_dataset', 'phantom_learnability', 'read_requests', 'lvfm_adherence',
            'adherence_ceiling', 'results_table', 'flat_metrics', 'temporal_roughness', 'calibrate_lvfm']
 
 # %% ../nbs/50_ef.ipynb #7e4ac1ac
@@ -56,16 +56,30 @@ class Block2Plus1d(nn.Module):
         return F.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 # %% ../nbs/50_ef.ipynb #bd2df9d5
+def temporal_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    "Clips (B, C, T, H, W) smoothed along time by a Gaussian of `sigma` frames (the end frames repeated past the ends); 0 returns `x`."
+    if not sigma >= 0: raise ValueError(f"temporal_sigma must be >= 0 (frames; 0 = off), got {sigma!r}")
+    if sigma == 0: return x
+    r = max(1, math.ceil(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
+    k = k / k.sum()
+    xp = F.pad(x, (0, 0, 0, 0, r, r), mode="replicate")
+    T = x.shape[2]
+    return sum(k[j] * xp[:, :, j:j + T] for j in range(2 * r + 1))
+
 class EFRegressor(ModelMixin, ConfigMixin):
-    "R(2+1)D-style EF regressor on clips (B, 1, T, H, W) in [-1, 1] -> EF / 100 (B,); the config carries its clip protocol."
+    """R(2+1)D-style EF regressor on clips (B, 1, T, H, W) in [-1, 1] -> EF / 100 (B,); the config carries its clip protocol.
+    `temporal_sigma` > 0 smooths every clip in time (a Gaussian of that many frames) before the network sees it."""
     @register_to_config
     def __init__(self, in_channels: int = 1, width: int = 16, layers: tuple = (2, 2, 2, 2), frames: int = 16, period: int = 2,
-                 fps: float = 0.0, size: int = 0, pixel_mean: float = 0.0, pixel_std: float = 1.0, ef_mean: float = 55.6):
+                 fps: float = 0.0, size: int = 0, pixel_mean: float = 0.0, pixel_std: float = 1.0, ef_mean: float = 55.6,
+                 temporal_sigma: float = 0.0):
         super().__init__()
         for name, v, lo in (("width", width, 1), ("frames", frames, 1), ("period", period, 1), ("in_channels", in_channels, 1)):
             if not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         if len(layers) != 4 or any(int(n) < 1 for n in layers): raise ValueError(f"layers must be 4 positive block counts, got {layers!r}")
         if not pixel_std > 0: raise ValueError(f"pixel_std must be positive, got {pixel_std}")
+        if not temporal_sigma >= 0: raise ValueError(f"temporal_sigma must be >= 0 (frames; 0 = off), got {temporal_sigma!r}")
         stem = max(1, round(45 * width / 64))   # R(2+1)D-18's 45 stem channels, scaled
         self.stem = nn.Sequential(nn.Conv3d(in_channels, stem, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False), nn.BatchNorm3d(stem), nn.ReLU(inplace=True),
                                   nn.Conv3d(stem, width, (3, 1, 1), 1, (1, 0, 0), bias=False), nn.BatchNorm3d(width), nn.ReLU(inplace=True))
@@ -81,7 +95,7 @@ class EFRegressor(ModelMixin, ConfigMixin):
         "Pooled last-stage features (B, 8 * width)."
         if x.ndim != 5 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected clips (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
-        x = (x - self.config.pixel_mean) / self.config.pixel_std
+        x = temporal_blur((x - self.config.pixel_mean) / self.config.pixel_std, self.config.temporal_sigma)
         return self.stages(self.stem(x)).mean((2, 3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +179,7 @@ def ef_train_loader(sources, e: dict, pad_value: float = 0.0) -> torch.utils.dat
 
 def train_ef_regressor(sources, cfg: dict, *, out_dir=None, steps: int | None = None, seed: int = 0, progress: bool = False,
                        **fit_kw) -> FitResult:
-    "Train an `EFRegressor` sized by `cfg['ef']` on the TRAIN videos of one or several sources (folders or EchoSources); `ef.balance` > 0 samples by inverse EF density."
+    "Train an `EFRegressor` sized by `cfg['ef']` on the TRAIN videos of one or several sources (folders or EchoSources); `ef.balance` > 0 samples by inverse EF density; `ef.temporal_sigma` > 0 smooths its clips in time."
     e = cfg["ef"]
     sources = _as_train_sources(sources)
     p = _protocol(e)
@@ -174,7 +188,7 @@ def train_ef_regressor(sources, cfg: dict, *, out_dir=None, steps: int | None = 
     ef_mean = float(np.mean(np.concatenate([s.table.EF.to_numpy(float) for s in sources])))
     seed_everything(seed)
     model = EFRegressor(width=e["width"], frames=p["frames"], period=p["period"], fps=p["fps"], size=p["size"],
-                        pixel_mean=mean, pixel_std=std, ef_mean=ef_mean)
+                        pixel_mean=mean, pixel_std=std, ef_mean=ef_mean, temporal_sigma=float(e.get("temporal_sigma") or 0.0))
     loader = ef_train_loader(sources, e, pad_value=mean)
     steps = steps or e["steps"]
     kw = fit_options(cfg) | {"weight_decay": 1e-4, "warmup": max(1, steps // 20), "schedule": "cosine"} | fit_kw
