@@ -1,12 +1,14 @@
 """EF regressors trained on a run's real and synthetic videos with their clips smoothed in time (`ef.temporal_sigma`).
 
-The synthetic-only regressor reads real videos low and compressed because the generator's videos flicker, more at
-high EF, and the regressor learns that flicker as contraction (`50_ef`, "Why the synthetic-only regressor reads real
-videos low"). `EFRegressor(temporal_sigma=s)` smooths every clip in time by a Gaussian of s frames before the
-network. For each sigma this trains the preset's regressor (its steps, balance, seed) on each training set and reads
-the real TEST videos: R^2 with its interval, MAE, the slope of predicted on reference, the mean bias and the squared
-correlation; synthetic-trained models also read the synthetic TEST videos. Each model takes about 10 to 20 minutes at
-`small` on one core; run two at once with `--threads 1` in two processes.
+The synthetic-only regressor reads real videos low and compressed, and the generator's videos flicker, more at high
+EF (`50_ef`, "Why the synthetic-only regressor reads real videos low"): if the regressor learnt that flicker as
+contraction, smoothing would help it. `EFRegressor(temporal_sigma=s)` smooths every clip in time by a Gaussian of s
+frames before the network. For each sigma this trains the preset's regressor (its steps, balance, seed) on each
+training set and reads the real TEST videos: R^2 with its interval, MAE, the slope of predicted on reference, the mean
+bias and the squared correlation; synthetic-trained models also read the synthetic TEST videos. Measured on a `small`
+run (2026-12-07, `50_ef`): sigma 1 leaves the real-trained regressor about as good and makes the synthetic-only one far
+worse, so the presets keep 0. Each model took 1278 to 1424 s at `small` on one core with two running side by side;
+run two at once with `--threads 1` in two processes.
 
     .venv/bin/python benchmarks/ef_smoothing.py runs/small --sigmas 0,1 --train real,synthetic [--threads 1] [--out DIR]
 """
