@@ -11,6 +11,7 @@ import copy
 import io
 import os
 import random
+import re
 import shutil
 import tempfile
 import uuid
@@ -56,13 +57,18 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-def _remove_stale(path: Path):
-    "Remove temporaries of `path` left behind by processes that no longer run."
-    for p in path.parent.glob(f".{path.name}.tmp-*"):
-        try: pid = int(p.name.split("tmp-")[-1].split("-")[0])
-        except ValueError: continue
-        if pid != os.getpid() and not _pid_alive(pid):
+def _remove_stale(path: Path, kind: str = "tmp") -> list[str]:
+    """Remove the temporaries of `path` named by `_tmp_name(path, kind)`, and the temporaries written inside their names
+    (`..x.kind-PID-ID.tmp-PID-ID`), that processes no longer running left behind; return the names removed."""
+    named = re.compile(rf"\.+{re.escape(path.name)}\.{kind}-\d+-[0-9a-f]{{8}}(?:\.tmp-\d+-[0-9a-f]{{8}})*")
+    gone = []
+    for p in sorted(path.parent.glob(f".*{path.name}.{kind}-*")):
+        if not named.fullmatch(p.name): continue
+        pids = [int(x) for x in re.findall(rf"\.(?:{kind}|tmp)-(\d+)-", p.name)]
+        if not any(pid == os.getpid() or _pid_alive(pid) for pid in pids):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", encoding: str | None = "utf-8"):

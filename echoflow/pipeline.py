@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -131,8 +132,37 @@ def _run_launched(notebook: Path, params: dict, partial: Path, launcher: str, st
         tail = log.read_text()[-1500:]
         raise StageFailed(f"stage '{stage.name}' failed under `{launcher}` (exit {proc.returncode}); log {log}:\n{tail}")
 
+def _fingerprint(path: Path) -> str | None:
+    "A short digest of a file's bytes (None when absent)."
+    try: return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+    except FileNotFoundError: return None
+
+def _attempt_key(stage: Stage, run_dir: Path, preset, overrides: dict, params: dict) -> dict:
+    "What an attempt at `stage` is made of: the resolved preset, the parameters, and which version of each input it read."
+    inputs = {}
+    for param, dep in stage.inputs.items():
+        if dep is None: continue
+        folder = Path(params[param])
+        inputs[dep] = _fingerprint(folder/"stage.json") or _fingerprint(folder/"FileList.csv")   # a --data-dir has no stage.json
+    return {"config": load_preset(preset, overrides), "parameters": params, "inputs": inputs}
+
+def _enter_partial(partial: Path, key: dict, log=print) -> None:
+    "Create or re-enter `partial`; an unfinished attempt made with another configuration or other inputs is removed first."
+    record, key = partial/".attempt.json", json.loads(json.dumps(key))   # compared as JSON, as it is stored
+    if partial.exists():
+        try: old = json.loads(record.read_text())
+        except (FileNotFoundError, json.JSONDecodeError): old = None
+        if old != key:
+            what = ("no record of its settings" if old is None else
+                    "other " + " and ".join(n for n, k in (("settings", "config"), ("parameters", "parameters"), ("inputs", "inputs"))
+                                            if old.get(k) != key[k]))
+            log(f"{partial.name}: an unfinished attempt made with {what}; starting the stage afresh")
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    _write_json(record, key)
+
 def run_stage(stage: Stage, run_dir, preset="smoke", overrides=None, data_dir=None, nbs_dir=None,
-              progress: bool = True, kernel_name: str = "python3", launcher: str | None = None) -> dict:
+              progress: bool = True, kernel_name: str = "python3", launcher: str | None = None, log=print) -> dict:
     "Execute one stage notebook with papermill (or as a script under `launcher`) into `run_dir/<stage>`; return its record."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -140,9 +170,9 @@ def run_stage(stage: Stage, run_dir, preset="smoke", overrides=None, data_dir=No
     notebook = Path(nbs_dir or NBS_DIR)/stage.notebook
     if not notebook.exists(): raise FileNotFoundError(f"stage '{stage.name}': notebook {notebook} not found")
     final, partial = run_dir/stage.name, run_dir/f".{stage.name}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
     executed = partial/stage.notebook
     params = stage_parameters(stage, run_dir, preset, overrides or {}, partial, data_dir)
+    _enter_partial(partial, _attempt_key(stage, run_dir, preset, overrides or {}, params), log)
     start = time.time()
     with _PeakMemory() as mem:
         if launcher: _run_launched(notebook, params, partial, launcher, stage)
@@ -161,6 +191,7 @@ def run_stage(stage: Stage, run_dir, preset="smoke", overrides=None, data_dir=No
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     record["parameters"]["out_dir"] = str(final)
     _write_json(partial/"stage.json", record)
+    (partial/".attempt.json").unlink()
     if final.exists():
         old = run_dir/f".{stage.name}.old"
         shutil.rmtree(old, ignore_errors=True); os.replace(final, old); os.replace(partial, final); shutil.rmtree(old)
@@ -186,7 +217,7 @@ def run_pipeline(preset="default", out_dir=None, start=None, only=None, force=Fa
             records.append({"stage": stage.name, "status": "skipped"}); continue
         log(f"{head} running {stage.notebook} ...")
         rec = run_stage(stage, run_dir, preset, overrides, data_dir, nbs_dir, progress=progress,
-                        launcher=launcher if stage.name in TRAINING_STAGES else None)
+                        launcher=launcher if stage.name in TRAINING_STAGES else None, log=log)
         log(f"{head} done in {rec['wall_s']:.1f} s, peak memory {rec['peak_mb']:.0f} MB (total {time.time() - t0:.0f} s)")
         records.append(rec)
     return records

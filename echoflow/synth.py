@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import EchoVideo, _pid_alive, to_uint8
+from .core import EchoVideo, _remove_stale, _tmp_name, to_uint8
 from .data import write_echonet
 from .privacy import write_privacy_scores
 
@@ -57,15 +56,6 @@ def _move_into(src: Path, dest: Path) -> None:
         if target.is_dir(): shutil.rmtree(target)
         os.replace(entry, target)
     shutil.rmtree(src, ignore_errors=True)
-
-def _remove_stale_scratch(out_dir: Path) -> list:
-    "Remove the scratch folders that runs into `out_dir` killed before their end left beside it (named after their process ids); return their names."
-    gone = []
-    for p in sorted(out_dir.parent.glob(f".*{out_dir.name}.synth-*")):
-        pids = [int(x) for x in re.findall(r"\.synth-(\d+)", p.name)]
-        if pids and not any(pid == os.getpid() or _pid_alive(pid) for pid in pids):
-            shutil.rmtree(p, ignore_errors=True); gone.append(p.name)
-    return gone
 
 def _collect_anatomies(n: int, view: str, sample_anatomies: Callable, privacy_filter, oversample: float, generator: torch.Generator,
                        batch_size: int, max_rounds: int, first_index: int, bar) -> dict:
@@ -134,9 +124,8 @@ def generate_synthetic_dataset(out_dir, *, sizes: dict, sample_anatomies: Callab
                                 view=views[i], split=splits[i], extra={"PrivacySimilarity": float(kept_sim[i]), "Sampler": sampler})
             bar.update(B)
 
-    _remove_stale_scratch(out_dir)
-    tmp = out_dir.parent/f".{out_dir.name}.synth-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale(out_dir, "synth")                  # a killed run's half-written set
+    tmp = _tmp_name(out_dir, "synth")
     try:
         write_echonet(tmp, videos(), tracings=False)
         write_privacy_scores(tmp/"privacy_scores.csv", all_names, sim, nearest, privacy_filter.threshold)

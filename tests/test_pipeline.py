@@ -94,6 +94,26 @@ def test_killed_run_resumes_without_recomputing_finished_stages(fake_nbs, tmp_pa
     assert (run / "lifm" / "attempts.txt").read_text() == "2", "the partial folder is re-entered, not thrown away"
 
 
+def test_unfinished_attempt_is_resumed_only_with_the_same_settings_and_inputs(fake_nbs, tmp_path):
+    # the lifm stage counts its attempts in its partial folder and fails its first attempt unless given an override
+    body = _writer(STAGES[3], extra=("n = out / 'attempts.txt'\nk = int(n.read_text()) + 1 if n.exists() else 1\n"
+                                     "n.write_text(str(k))\nif k == 1 and not overrides: raise RuntimeError('first attempt')"))
+    _fake_notebook(fake_nbs / "30_lifm.ipynb", body)
+    run, said = tmp_path / "run", []
+    go = lambda **kw: run_pipeline("smoke", run, nbs_dir=fake_nbs, progress=False, log=said.append, **kw)
+    with pytest.raises(StageFailed, match="first attempt"): go()
+    assert (run / ".lifm.partial" / "attempts.txt").read_text() == "1"
+    go(only="latents", force=True)                                     # an input of lifm is made again
+    with pytest.raises(StageFailed, match="first attempt"): go(only="lifm")
+    assert (run / ".lifm.partial" / "attempts.txt").read_text() == "1", "an attempt on other inputs is not resumed"
+    assert any(".lifm.partial" in m and "other inputs" in m for m in said), said
+    said.clear()
+    go(only="lifm", overrides={"lifm.steps": 7})                       # other settings: starts afresh, and now passes
+    assert (run / "lifm" / "attempts.txt").read_text() == "1"
+    assert any("other settings and parameters" in m for m in said), said
+    assert not (run / "lifm" / ".attempt.json").exists() and not (run / ".lifm.partial").exists()
+
+
 def test_cli_rejects_bad_input_before_running(tmp_path, capsys):
     assert main(["run", "--preset", "smoke", "--out", str(tmp_path / "r"), "-p", "vae.steps=many"]) == 1
     assert "vae.steps" in capsys.readouterr().err
